@@ -1,0 +1,25 @@
+"""sdft-kit: Self-Distillation Fine-Tuning (SDFT) in four composable steps.
+
+    demo selection -> rollout -> teacher scoring -> update
+
+Core modules import no UI library (gradio, ipywidgets); see README.md.
+"""
+
+from .config import PAPER_TEMPLATE, Config, LossConfig, ModelConfig, RolloutConfig, TeacherConfig, TrainConfig
+from .data import DataError, Example, load_examples
+from .demos import DemoSelector, student_prompt, teacher_prompt
+from .models import add_lora, load_adapter, load_model
+from .rollout import Completions, generate_text, rollout
+from .scoring import EMATeacher, score_teacher, teacher_view
+from .trainer import Trainer, load_records
+from .update import demonstration_loss, distill_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PAPER_TEMPLATE", "Config", "LossConfig", "ModelConfig", "RolloutConfig", "TeacherConfig", "TrainConfig",
+    "DataError", "Example", "load_examples", "DemoSelector", "student_prompt", "teacher_prompt",
+    "add_lora", "load_adapter", "load_model", "Completions", "generate_text", "rollout",
+    "EMATeacher", "score_teacher", "teacher_view", "Trainer", "load_records",
+    "demonstration_loss", "distill_loss",
+]

