@@ -139,7 +139,7 @@ class Trainer:
         losses, kl_sum, tokens, first = [], 0.0, 0, None
         for _ in range(cfg.train.grad_accum):
             student, batch, teacher, example = self._micro_batch(timings)
-            losses.append(float(student.loss))
+            losses.append(student.loss.item())
             tokens += batch.num_tokens
             kl_sum += float((student.per_token * batch.completion_mask).sum())
             if first is None:

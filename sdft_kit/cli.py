@@ -1,0 +1,157 @@
+"""`sdft-kit` command line: train, demo, generate.
+
+Every config field is a flag of `train` (`--lora-r 8`, `--teacher base`); a flag
+overrides the YAML given with --config, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+from .config import Config, fields_by_section
+from .data import DataError, load_examples
+
+DEMO_DATA = files("sdft_kit") / "samples" / "demo.jsonl"
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for section, f in fields_by_section():
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"[{section}] {f.metadata['help']}"}
+        if isinstance(f.default, bool) or f.default is None:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = type(f.default)
+        parser.add_argument(flag, **kwargs)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    config = Config.load(args.config) if args.config else Config()
+    overrides = {name: getattr(args, name) for _, f in fields_by_section() if hasattr(args, name := f.name)}
+    return config.replace(**overrides)
+
+
+def _print_step(record: dict) -> None:
+    kl = "" if record["mean_kl"] is None else f"  mean KL {record['mean_kl']:.4f}"
+    s = record["seconds"]
+    print(f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
+          f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB", flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .trainer import Trainer
+
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "config.yaml").is_file():
+            raise FileNotFoundError(f"{out}: not a run directory (config.yaml is missing); nothing to resume")
+        config = Config.load(out / "config.yaml")
+        if "steps" in args:
+            config = config.replace(steps=args.steps)
+    else:
+        config = build_config(args)
+    examples = load_examples(args.data)  # bad data fails here, before any model is loaded
+    print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
+    trainer = Trainer(config, examples, out, resume=args.resume)
+    for record in trainer.steps():
+        _print_step(record)
+    print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Embedded model + bundled data: per-step loss and a before/after answer."""
+    from .demos import student_prompt
+    from .rollout import generate_text
+    from .trainer import Trainer
+
+    start = time.perf_counter()
+    examples = load_examples(DEMO_DATA)
+    config = Config().replace(steps=args.steps, batch_size=4, max_new_tokens=48, learning_rate=1e-3,
+                              teacher="base", threads=args.threads, save_every=args.steps)
+    out = Path(args.out) if args.out else None
+    trainer = Trainer(config, examples, out)
+    probe = examples[:2]
+    prompts = [student_prompt(trainer.tokenizer, ex) for ex in probe]
+    before = generate_text(trainer.model, trainer.tokenizer, prompts, max_new_tokens=40)
+    print(f"SDFT demo: {len(examples)} demonstrations in the form 'Answer: <one sentence>.', "
+          f"{config.train.steps} steps on {config.model.model} (SmolLM2-135M-Instruct)\n")
+    for record in trainer.steps():
+        _print_step(record)
+    after = generate_text(trainer.model, trainer.tokenizer, prompts, max_new_tokens=40)
+    for ex, b, a in zip(probe, before, after):
+        print(f"\nQ: {ex.prompt}\n  demonstration: {ex.demonstration}\n  before: {b}\n  after:  {a}")
+    print(f"\ndone in {time.perf_counter() - start:.0f} s" + (f"; run saved in {out}" if out else ""))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .config import ModelConfig
+    from .demos import render
+    from .models import load_adapter, load_model
+    from .rollout import generate_text
+
+    run_config = Path(args.adapter).parent / "config.yaml" if args.adapter else None
+    if run_config is not None and run_config.is_file() and args.model is None:
+        model_config = Config.load(run_config).model
+    else:
+        model_config = ModelConfig(model=args.model or "embedded")
+    if args.adapter:
+        model, tokenizer = load_adapter(args.adapter, model_config)
+    else:
+        model, tokenizer = load_model(model_config.model, model_config)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    print(generate_text(model, tokenizer, [render(tokenizer, messages)], max_new_tokens=args.max_new_tokens,
+                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0)[0])
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train with SDFT (or the SFT baseline) on your demonstrations")
+    train.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
+    train.add_argument("--out", required=True, help="run directory (must be new, unless --resume)")
+    train.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser("demo", help="a few SDFT steps on the embedded model and bundled data")
+    demo.add_argument("--steps", type=int, default=12)
+    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    demo.add_argument("--out", help="also save the run here")
+    demo.set_defaults(func=cmd_demo)
+
+    gen = sub.add_parser("generate", help="answer a prompt with a trained adapter (or the base model)")
+    gen.add_argument("--adapter", help="adapter folder (a run's adapter/ or checkpoint/adapter)")
+    gen.add_argument("--model", help="base model (default: the run's, else 'embedded')")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--system", help="optional system message")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ValueError, OSError, RuntimeError) as err:
+        if os.environ.get("SDFT_KIT_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+# Tests never reach a model hub: the embedded model is converted once into this cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def model_and_tokenizer():
+    """A fresh embedded base model (no adapter); loads in well under 2 s from the cache."""
+    from sdft_kit import load_model
+
+    return load_model("embedded")
+
+
+@pytest.fixture
+def lora_model(model_and_tokenizer):
+    from sdft_kit import add_lora
+
+    model, tokenizer = model_and_tokenizer
+    return add_lora(model, seed=0), tokenizer
+
+
+@pytest.fixture
+def demo_examples():
+    from sdft_kit import load_examples
+    from sdft_kit.cli import DEMO_DATA
+
+    return load_examples(DEMO_DATA)

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import pytest
+
+from sdft_kit.cli import main, make_parser, build_config
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "sdft_kit.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"prompt": "hi"}\n', "line 1"),
+    ('{"prompt": "hi", "demonstration": "ok"}\n{"prompt": \n', "line 2"),
+    ("", "no examples"),
+])
+def test_bad_data_fails_cleanly_before_training(tmp_path, content, expected):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(content)
+    result = _run("train", "--data", str(data), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "bad.jsonl" in result.stderr and expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_missing_file_and_bad_flag_values(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+    assert main(["train", "--data", "x.jsonl", "--out", str(tmp_path / "r"), "--teacher", "oracle"]) == 2
+    assert "teacher must be one of" in capsys.readouterr().err
+
+
+def test_every_config_field_is_a_flag_and_yaml_is_overridden_by_flags(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("train:\n  steps: 7\n  learning_rate: 0.001\nloss:\n  vocab: topk\n")
+    args = make_parser().parse_args(["train", "--data", "d", "--out", "o", "--config", str(yaml_file),
+                                     "--steps", "9", "--lora-r", "8", "--no-trust-remote-code", "--load-in-4bit"])
+    config = build_config(args)
+    assert config.train.steps == 9 and config.train.learning_rate == 0.001  # flag beats YAML, YAML beats default
+    assert config.loss.vocab == "topk" and config.model.lora_r == 8 and config.model.load_in_4bit is True
+
+
+def test_train_then_generate_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = _run("train", "--data", "sdft_kit/samples/demo.csv", "--out", str(out), "--steps", "2",
+                  "--batch-size", "2", "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert "step   2/2" in result.stdout
+    for name in ("config.yaml", "metrics.jsonl", "adapter/adapter_config.json", "checkpoint/state.pt"):
+        assert (out / name).exists(), name
+    again = _run("train", "--data", "sdft_kit/samples/demo.csv", "--out", str(out), "--steps", "2")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    resumed = _run("train", "--data", "sdft_kit/samples/demo.csv", "--out", str(out), "--resume", "--steps", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step   3/3" in resumed.stdout and "step   1/" not in resumed.stdout
+    answer = _run("generate", "--adapter", str(out / "adapter"), "--prompt", "What is 2 plus 2?",
+                  "--max-new-tokens", "8")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip()

@@ -1,0 +1,54 @@
+import torch
+
+from sdft_kit import RolloutConfig, rollout
+from sdft_kit.demos import student_prompt
+from sdft_kit.rollout import demonstration_batch, eos_ids, mask_after_eos
+
+
+def test_mask_up_to_and_including_first_eos():
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 2, 9, 9, 9], [5, 6, 7, 8, 9]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(mask_after_eos(ids, [2]), expected)
+    # several end tokens: whichever comes first ends the answer
+    assert torch.equal(mask_after_eos(torch.tensor([[5, 3, 2]]), [2, 3]), torch.tensor([[1, 1, 0]]))
+
+
+def test_rollout_batches_left_padded_prompts_with_several_generations(lora_model, demo_examples):
+    model, tokenizer = lora_model
+    examples = [demo_examples[0], demo_examples[5]]
+    prompts = [student_prompt(tokenizer, ex) for ex in examples]
+    torch.manual_seed(0)
+    batch = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=12, generations_per_prompt=2))
+    assert batch.prompt_ids.shape[0] == batch.completion_ids.shape[0] == 4
+    assert torch.equal(batch.prompt_ids[0], batch.prompt_ids[1])  # grouped by prompt
+    assert (batch.prompt_mask[:, -1] == 1).all()  # left padding: every prompt ends at the right edge
+    assert batch.completion_ids.shape[1] <= 12
+    eos = eos_ids(model, tokenizer)
+    for ids, mask in zip(batch.completion_ids, batch.completion_mask):
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any()  # a prefix
+        ended = [i for i, t in enumerate(ids.tolist()) if t in eos]
+        if ended:
+            assert n == ended[0] + 1  # up to and including the first EOS
+        else:
+            assert n == ids.shape[0]
+
+
+def test_greedy_rollout_is_deterministic(lora_model, demo_examples):
+    model, tokenizer = lora_model
+    prompts = [student_prompt(tokenizer, demo_examples[0])]
+    a = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=8), do_sample=False)
+    b = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=8), do_sample=False)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+
+
+def test_demonstration_batch_ends_each_target_with_eos(model_and_tokenizer, demo_examples):
+    _, tokenizer = model_and_tokenizer
+    examples = demo_examples[:3]
+    prompts = [student_prompt(tokenizer, ex) for ex in examples]
+    batch = demonstration_batch(tokenizer, prompts, [ex.demonstration for ex in examples], torch.device("cpu"))
+    for row, ex in enumerate(examples):
+        ids = batch.completion_ids[row][batch.completion_mask[row].bool()]
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[:-1]) == ex.demonstration
+    assert batch.texts(tokenizer) == [ex.demonstration for ex in examples]
