@@ -1,0 +1,152 @@
+"""A live notebook dashboard for a training run, on ipywidgets (JupyterLab, Notebook 7, Colab).
+
+    from sdft_kit.dashboard import watch
+    dash = watch(trainer.steps())          # shows the dashboard, updates it at every step
+
+or, to keep the loop in your hands:
+
+    dash = Dashboard()
+    display(dash.widget)
+    for record in trainer.steps():
+        dash.update(record)
+
+It shows the loss and mean-KL curves growing step by step, the latest rollout as a token
+strip, and the student's and teacher's top-k at one token; a dropdown picks the colouring
+metric and a slider the token. All figures come from `sdft_kit.views`. ipywidgets is
+imported when a Dashboard is made, so importing this module needs only plotly.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs_version
+
+from .views import METRICS, SDFT_METRICS, curves, loudest_token, metrics_for, token_detail, token_strip
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+PLOTLY_CDN = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+
+# Loads plotly.js before plotting: a plain <script src> races the plotting code when Colab
+# puts HTML inside an ipywidgets Output, which leaves a blank chart ("Plotly is not defined").
+DRAW = """<div id="{id}" style="height:{height}px"></div>
+<script>(function () {{
+  var fig = {fig};
+  function draw() {{ Plotly.newPlot("{id}", fig.data, fig.layout, {{responsive: true}}); }}
+  if (window.Plotly) {{ draw(); return; }}
+  var script = document.createElement("script");
+  script.src = "{cdn}"; script.onload = draw; document.head.appendChild(script);
+}})();</script>"""
+
+
+def plotly_bundle(fig: go.Figure) -> dict:
+    """A display bundle for one figure that draws in any notebook front end.
+
+    JupyterLab and Notebook 7 render the plotly mimetype with the extension that ships with
+    plotly (no network needed); front ends without it, such as Colab, render the HTML, which
+    loads plotly.js from the CDN before plotting."""
+    spec = fig.to_json()  # writes "<" as \u003c, so a token "</script>" cannot end the script below
+    page = DRAW.format(id=f"sdft-{uuid.uuid4().hex}", height=fig.layout.height or 450, fig=spec, cdn=PLOTLY_CDN)
+    return {PLOTLY_MIME: json.loads(spec), "text/html": page}
+
+
+def status_line(record: dict) -> str:
+    """The headline of a step record, as HTML: step, method, loss, mean KL, speed."""
+    parts = [f"<b>step {record.get('step', '?')}/{record.get('steps', '?')}</b>", str(record.get("method", "")).upper(),
+             f"loss {record['loss']:.4f}" if record.get("loss") is not None else ""]
+    if record.get("mean_kl") is not None:
+        parts.append(f"mean KL {record['mean_kl']:.4f}")
+    seconds = (record.get("seconds") or {}).get("total")
+    if seconds:
+        parts.append(f"{seconds:.1f} s/step")
+    if record.get("tokens"):
+        parts.append(f"{record['tokens']} tokens")
+    return " · ".join(part for part in parts if part)
+
+
+class Dashboard:
+    """Curves, the latest rollout's token strip and one token's top-k, kept up to date.
+
+    `update(record)` is a plain state update (widgets and `figures`), so it can be tested
+    without a browser. `compare` is a finished run's records (e.g. SFT) to draw on the
+    curves; `records` re-plots a run so far (e.g. `load_records(run_dir)`)."""
+
+    def __init__(self, records: Iterable[dict] = (), compare: list[dict] | None = None):
+        import ipywidgets as widgets
+
+        self.records: list[dict] = []
+        self.compare = list(compare or [])
+        self.figures: dict[str, go.Figure] = {}
+        self.status = widgets.HTML("waiting for the first step…")
+        self.metric = widgets.Dropdown(description="colour by", options=self._metric_options(SDFT_METRICS),
+                                       layout=widgets.Layout(width="440px"))
+        self.position = widgets.IntSlider(description="token #", min=0, max=0, disabled=True,
+                                          continuous_update=False, layout=widgets.Layout(width="440px"))
+        self.views = {name: widgets.Output() for name in ("curves", "strip", "detail")}
+        self.widget = widgets.VBox([self.status, self.views["curves"], widgets.HBox([self.metric, self.position]),
+                                    self.views["strip"], self.views["detail"]])
+        self._syncing = False  # set while update() moves the controls, so they redraw once
+        self.metric.observe(self._on_control, "value")
+        self.position.observe(self._on_control, "value")
+        records = list(records)
+        self.records.extend(records[:-1])
+        if records:
+            self.update(records[-1])
+
+    @staticmethod
+    def _metric_options(metrics: list[str]) -> list[tuple[str, str]]:
+        return [(METRICS[m][0], m) for m in metrics]
+
+    def update(self, record: dict) -> None:
+        """Add one step record: grow the curves, show its rollout, point at its loudest token."""
+        self.records.append(record)
+        runs = [self.records] + ([self.compare] if self.compare else [])
+        self.figures["curves"] = curves(*runs)
+        self.status.value = status_line(record)
+        tokens = (record.get("sample") or {}).get("tokens") or []
+        self._syncing = True
+        options = self._metric_options(metrics_for(record))
+        if list(self.metric.options) != options:
+            self.metric.options = options
+            self.metric.value = options[0][1]
+        self.position.max = max(len(tokens) - 1, 0)
+        self.position.value = loudest_token(record, self.metric.value)
+        self.position.disabled = not tokens
+        self._syncing = False
+        self._draw_tokens()
+        self._show("curves")
+
+    def _on_control(self, change) -> None:
+        if not self._syncing and self.records:
+            self._draw_tokens()
+
+    def _draw_tokens(self) -> None:
+        record = self.records[-1]
+        self.figures["strip"] = token_strip(record, self.metric.value, selected=self.position.value)
+        self.figures["detail"] = token_detail(record, self.position.value)
+        self._show("strip")
+        self._show("detail")
+
+    def _show(self, name: str) -> None:
+        from IPython import get_ipython
+        from IPython.display import clear_output, display
+
+        if get_ipython() is None:  # a plain script or test: nowhere to draw, the state is enough
+            return
+        with self.views[name]:
+            clear_output(wait=True)  # replace, without the flicker of an empty frame
+            display(plotly_bundle(self.figures[name]), raw=True)
+
+
+def watch(records: Iterable[dict], compare: list[dict] | None = None) -> Dashboard:
+    """Display a Dashboard and update it with each record as it arrives (e.g. `trainer.steps()`)."""
+    from IPython.display import display
+
+    dashboard = Dashboard(compare=compare)
+    display(dashboard.widget)
+    for record in records:
+        dashboard.update(record)
+    return dashboard

@@ -1,0 +1,139 @@
+import json
+from pathlib import Path
+
+import nbformat
+import plotly.graph_objects as go
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+from test_views import make_record
+
+from sdft_kit.dashboard import PLOTLY_MIME, Dashboard, plotly_bundle
+from sdft_kit.views import display_token, escaped
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_update_changes_widget_state_on_each_new_record():
+    dash = Dashboard()
+    assert dash.position.disabled and dash.position.max == 0 and not dash.figures
+
+    first = make_record(step=1, loss=0.8, values=[0.1, 0.2, 0.3, 0.9, 0.2, 0.1])
+    dash.update(first)
+    assert "step 1/3" in dash.status.value and "loss 0.8000" in dash.status.value
+    assert not dash.position.disabled and dash.position.max == 5
+    assert dash.position.value == 0  # the largest |log p_teacher/p_student|: log(0.2/0.9) at #0
+    assert [v for _, v in dash.metric.options] == ["log_ratio", "kl", "student_prob", "entropy_gap"]
+    assert list(dash.figures["curves"].data[0].x) == [1] and list(dash.figures["curves"].data[0].y) == [0.8]
+    assert list(dash.figures["strip"].data[0].text) == [escaped(display_token(t)) for t in first["sample"]["tokens"]]
+
+    second = make_record(step=2, loss=0.6, tokens=("A", " longer", " answer", " with", " more", " words", " here", "!"))
+    dash.update(second)
+    assert "step 2/3" in dash.status.value and dash.position.max == 7
+    assert list(dash.figures["curves"].data[0].x) == [1, 2] and list(dash.figures["curves"].data[0].y) == [0.8, 0.6]
+    assert list(dash.figures["strip"].data[0].text) == [escaped(display_token(t)) for t in second["sample"]["tokens"]]
+
+    dash.metric.value = "kl"  # the dropdown recolours the strip by the record's per-token KL
+    assert dash.figures["strip"].data[0].marker.colorbar.title.text.startswith("per-token KL")
+    assert list(dash.figures["strip"].data[0].marker.color)[:3] == pytest.approx(second["sample"]["values"][:3])
+    dash.position.value = 6  # the slider moves the detail and the outline
+    assert dash.figures["detail"].layout.title.text.startswith("token #6")
+    assert list(dash.figures["detail"].data[0].x) == [p for _, p in second["sample"]["student_topk"][6]]
+    assert dash.figures["strip"].layout.shapes[0].x0 < dash.figures["strip"].data[0].base[6]
+
+    dash.update(make_record(step=3, method="sft", tokens=("Answer", ":", " 12")))
+    assert [v for _, v in dash.metric.options] == ["nll", "student_prob"] and dash.metric.value == "nll"
+    assert dash.position.max == 2 and len(dash.figures["detail"].data) == 1  # student only
+
+    dash.update({"step": 4, "steps": 4, "method": "sdft", "loss": 0.5, "mean_kl": 0.4})  # no sample
+    assert dash.position.disabled and "no sample" in dash.figures["strip"].layout.annotations[0].text
+    assert list(dash.figures["curves"].data[0].x) == [1, 2, 3, 4]
+
+
+def test_dashboard_replots_a_finished_run_next_to_a_baseline():
+    sdft = [make_record(step=s, loss=1.0 / s) for s in (1, 2, 3)]
+    sft = [make_record(step=s, method="sft", loss=2.0 / s) for s in (1, 2, 3)]
+    dash = Dashboard(records=sdft, compare=sft)
+    names = {trace.name for trace in dash.figures["curves"].data}
+    assert {"SDFT", "SFT", "SDFT loss", "SFT loss"} <= names and "step 3/3" in dash.status.value
+
+
+def test_plotly_bundle_renders_with_or_without_the_plotly_extension():
+    fig = go.Figure(go.Bar(x=[1, 2], text=["</script>", "x"]), layout=dict(height=222))
+    bundle = plotly_bundle(fig)
+    assert bundle[PLOTLY_MIME]["data"][0]["text"] == ["</script>", "x"]  # the spec Jupyter's extension draws
+    page = bundle["text/html"]
+    assert page.count("</script>") == 1  # a "</script>" in the data does not cut the fallback's script short
+    assert 'style="height:222px"' in page and "Plotly.newPlot" in page and "script.onload = draw" in page
+
+
+class RecordingClient(NotebookClient):
+    """Executes a notebook headless and keeps every plotly figure the kernel displays, in order."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.figures = []
+
+    def process_message(self, msg, cell, cell_index):
+        if msg["msg_type"] == "display_data" and PLOTLY_MIME in msg["content"]["data"]:
+            self.figures.append(msg["content"]["data"][PLOTLY_MIME])
+        return super().process_message(msg, cell, cell_index)
+
+
+SETUP = """\
+import json
+from sdft_kit import Config, Trainer, load_examples
+from sdft_kit.cli import DEMO_DATA
+from sdft_kit.dashboard import Dashboard
+
+trainer = Trainer(Config().replace(steps=2, batch_size=2, max_new_tokens=8), load_examples(DEMO_DATA))
+dash = Dashboard()
+display(dash.widget)
+"""
+
+TRAIN = """\
+for record in trainer.steps():
+    dash.update(record)
+    print("STATE", json.dumps({
+        "step": record["step"], "loss": record["loss"], "tokens": record["sample"]["tokens"],
+        "slider_max": dash.position.max, "slider_value": dash.position.value, "status": dash.status.value,
+        "metrics": [value for _, value in dash.metric.options]}))
+ids = {name: view.model_id for name, view in dash.views.items()}
+print("IDS", json.dumps({**ids, "slider": dash.position.model_id, "status": dash.status.model_id}))
+"""
+
+
+def test_dashboard_updates_at_every_step_of_a_training_run_in_a_notebook():
+    notebook = new_notebook(cells=[new_code_cell(SETUP), new_code_cell(TRAIN)])
+    client = RecordingClient(notebook, timeout=600, kernel_name="python3", store_widget_state=True,
+                             resources={"metadata": {"path": str(REPO)}})
+    client.execute()
+
+    assert notebook.cells[0].outputs[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    lines = "".join(out.get("text", "") for out in notebook.cells[1].outputs if out.output_type == "stream")
+    states = [json.loads(line[len("STATE "):]) for line in lines.splitlines() if line.startswith("STATE ")]
+    ids = json.loads(lines.split("IDS ", 1)[1].splitlines()[0])
+    assert [s["step"] for s in states] == [1, 2]
+    for state in states:  # the controls follow each step's rollout
+        assert f"step {state['step']}/2" in state["status"]
+        assert state["slider_max"] == len(state["tokens"]) - 1 and 0 <= state["slider_value"] <= state["slider_max"]
+        assert state["metrics"] == ["log_ratio", "kl", "student_prob", "entropy_gap"]
+
+    # Three figures reach the front end at every step: the strip, the detail, the curves.
+    assert len(client.figures) == 6
+    for step, state in enumerate(states, start=1):
+        strip, detail, grown = client.figures[3 * step - 3: 3 * step]
+        assert strip["data"][0]["text"] == [escaped(display_token(t)) for t in state["tokens"]]
+        assert detail["layout"]["title"]["text"].startswith(f"token #{state['slider_value']}:")
+        assert grown["data"][0]["x"] == list(range(1, step + 1))
+        assert grown["data"][0]["y"][-1] == pytest.approx(state["loss"])
+
+    # The saved widget state (what a reopened notebook shows) holds the last step.
+    widgets = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    curves_output = widgets[ids["curves"]]["state"]["outputs"]
+    assert len(curves_output) == 1 and curves_output[0]["data"][PLOTLY_MIME]["data"][0]["x"] == [1, 2]
+    strip_output = widgets[ids["strip"]]["state"]["outputs"][0]["data"][PLOTLY_MIME]
+    assert strip_output["data"][0]["text"] == [escaped(display_token(t)) for t in states[-1]["tokens"]]
+    assert widgets[ids["slider"]]["state"]["max"] == states[-1]["slider_max"]
+    assert "step 2/2" in widgets[ids["status"]]["state"]["value"]
+    nbformat.validate(notebook)

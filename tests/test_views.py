@@ -1,0 +1,196 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from sdft_kit.views import (DIVERGING, SAMPLED, SHARED, before_after, clamp, curves, display_token, escaped,
+                            export_token_html, loudest_token, metrics_for, retention_matrix, robust_bounds, smooth,
+                            token_detail, token_strip, token_values, topk_entropy)
+
+
+def make_record(step=1, tokens=("The", " answer", " is", "\n", "12", "<|im_end|>"), method="sdft", loss=0.5,
+                values=None):
+    """A step record shaped like `trainer.sample_record`'s, with hand-picked numbers."""
+    n = len(tokens)
+    student_lp = [math.log(0.9 - 0.1 * (i % 5)) for i in range(n)]
+    teacher_lp = [math.log(0.2 + 0.1 * (i % 5)) for i in range(n)]
+    student_topk = [[[tok, 0.6], [" other", 0.2], [" the", 0.1]] for tok in tokens]
+    teacher_topk = [[[" the", 0.5], [" teacher", 0.3], [tok, 0.1]] for tok in tokens]
+    sft = method == "sft"
+    return {
+        "step": step, "steps": 3, "method": method, "loss": loss, "mean_kl": None if sft else loss * 1.2,
+        "lr": 5e-4, "grad_norm": 1.0, "tokens": 20, "seconds": {"total": 2.0}, "elapsed_s": 2.0 * step,
+        "peak_mem_mb": 100.0,
+        "sample": {
+            "prompt": "What is 7 plus 5?", "source": "demo.jsonl:1", "token_ids": list(range(n)),
+            "tokens": list(tokens),
+            "values": list(values) if values is not None else [0.1 * (i + 1) for i in range(n)],
+            "in_loss": [0 if i < 3 else 1 for i in range(n)],
+            "student_logprob": student_lp, "teacher_logprob": None if sft else teacher_lp,
+            "student_topk": student_topk, "teacher_topk": None if sft else teacher_topk,
+        },
+    }
+
+
+def test_whitespace_is_made_visible_and_markup_stays_text():
+    assert display_token(" capital") == "␣capital"
+    assert display_token("\n\n") == "↵↵"
+    assert display_token("\tx") == "⇥x"
+    assert display_token("") == "∅"
+    assert display_token("<|im_end|>") == "<|im_end|>"
+    assert escaped(display_token(" <br>")) == "␣&lt;br&gt;"
+
+
+def test_token_strip_data_equals_the_record():
+    record = make_record()
+    sample = record["sample"]
+    fig = token_strip(record, "kl")
+    bar = fig.data[0]
+    # escaped because plotly reads <...> in labels as markup
+    assert list(bar.text) == ["The", "␣answer", "␣is", "↵", "12", "&lt;|im_end|&gt;"]
+    assert list(bar.x) == [3, 7, 3, 1, 2, 10]  # widths: characters shown
+    assert list(bar.y) == [0, 0, 0, 0, 1, 1]  # a newline ends the row
+    low, high = robust_bounds(sample["values"], "positive")
+    assert (bar.marker.cmin, bar.marker.cmax) == (low, high) == (0.0, pytest.approx(0.575))
+    assert list(bar.marker.color) == pytest.approx([min(v, high) for v in sample["values"]])
+    assert list(bar.marker.opacity) == [0.45, 0.45, 0.45, 1.0, 1.0, 1.0]  # first three outside the loss
+    for i, hover in enumerate(bar.hovertext):  # both probabilities, exactly the record's
+        assert f"student p = {math.exp(sample['student_logprob'][i]):.4f}" in hover
+        assert f"teacher p = {math.exp(sample['teacher_logprob'][i]):.4f}" in hover
+    assert "teacher disagrees" in bar.marker.colorbar.title.text
+
+
+def test_log_ratio_is_signed_diverging_and_blue_means_teacher_prefers():
+    record = make_record()
+    sample = record["sample"]
+    bar = token_strip(record, "log_ratio").data[0]
+    expected = [t - s for t, s in zip(sample["teacher_logprob"], sample["student_logprob"])]
+    assert token_values(sample, "log_ratio") == pytest.approx(expected)
+    assert bar.marker.cmin == -bar.marker.cmax
+    assert [list(stop) for stop in bar.marker.colorscale] == DIVERGING
+    assert DIVERGING[-1][1] == "#2166ac" and "blue: teacher likes the token more" in bar.marker.colorbar.title.text
+    assert list(bar.marker.color) == pytest.approx([min(max(v, -bar.marker.cmax), bar.marker.cmax) for v in expected])
+
+
+def test_colour_clamp_handles_inf_and_nan():
+    values = [1.0, float("nan"), float("inf"), float("-inf"), 2.0, 0.5]
+    low, high = robust_bounds(values, "signed")
+    assert math.isfinite(low) and math.isfinite(high) and low == -high
+    assert clamp(values, low, high, 0.0) == [pytest.approx(min(1.0, high)), 0.0, high, low, high, 0.5]
+    assert robust_bounds([float("nan"), float("inf")], "positive") == (0.0, 1.0)
+    assert robust_bounds([], "signed") == (-1.0, 1.0)
+    assert robust_bounds([0.0, 0.0], "positive") == (0.0, 1.0)
+    assert robust_bounds([5.0], "probability") == (0.0, 1.0)
+    # one outlier does not set the scale: 95th percentile of 1..20 and 1000
+    assert robust_bounds(list(range(1, 21)) + [1000.0], "positive")[1] == pytest.approx(20.0)
+
+    record = make_record(values=[0.1, float("nan"), float("inf"), 0.3, float("-inf"), 0.2])
+    fig = token_strip(record, "kl")
+    colours = list(fig.data[0].marker.color)
+    assert all(math.isfinite(c) for c in colours)
+    assert colours[1] == 0.0 and colours[2] == fig.data[0].marker.cmax and colours[4] == 0.0
+    text = fig.to_json()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON for the browser
+    json.loads(text)
+
+
+def test_empty_completion_and_missing_sample_give_a_message_not_an_error():
+    empty = make_record(tokens=())
+    for fig in (token_strip(empty), token_detail(empty, 3)):
+        assert len(fig.data) == 0 and "empty completion" in fig.layout.annotations[0].text
+    no_sample = {"step": 4, "method": "sdft", "loss": 0.1}
+    for fig in (token_strip(no_sample), token_detail(no_sample, 0)):
+        assert len(fig.data) == 0 and "no sample" in fig.layout.annotations[0].text
+    assert loudest_token(empty, "kl") == 0
+
+
+def test_sft_records_fall_back_to_student_metrics():
+    record = make_record(method="sft")
+    assert metrics_for(record) == ["nll", "student_prob"]
+    bar = token_strip(record, "log_ratio").data[0]  # no teacher: falls back to the NLL
+    assert "NLL" in bar.marker.colorbar.title.text
+    assert list(bar.marker.color) == pytest.approx([min(v, bar.marker.cmax) for v in record["sample"]["values"]])
+    assert all("teacher p = – (SFT)" in h for h in bar.hovertext)
+    probs = token_strip(record, "student_prob").data[0]
+    assert list(probs.marker.color) == pytest.approx([math.exp(lp) for lp in record["sample"]["student_logprob"]])
+    detail = token_detail(record, 1)
+    assert len(detail.data) == 1 and "demonstration" in detail.layout.title.text
+
+
+def test_token_detail_bars_keep_topk_order_and_mark_sampled_and_shared():
+    record = make_record()
+    sample = record["sample"]
+    fig = token_detail(record, 1)
+    student, teacher = fig.data
+    assert list(student.x) == [p for _, p in sample["student_topk"][1]]
+    assert list(teacher.x) == [p for _, p in sample["teacher_topk"][1]]
+    assert list(fig.layout.yaxis.ticktext) == ["␣answer", "␣other", "␣the"]
+    assert list(fig.layout.yaxis2.ticktext) == ["␣the", "␣teacher", "␣answer"]
+    assert list(student.y) == [0, 1, 2] and fig.layout.yaxis.autorange == "reversed"  # most likely on top
+    assert student.marker.color[0] == SAMPLED and teacher.marker.color[2] == SAMPLED
+    assert student.marker.color[2] == SHARED and teacher.marker.color[0] == SHARED  # " the" is in both
+    assert student.marker.color[1] != SHARED  # " other" is the student's only
+    assert f"teacher p = {math.exp(sample['teacher_logprob'][1]):.4f}" in fig.layout.title.text
+    assert token_detail(record, 99).layout.title.text.startswith("token #5")  # clamped to the last token
+
+
+def test_topk_entropy_counts_the_tail_as_one_outcome():
+    assert topk_entropy([["a", 0.5], ["b", 0.5]]) == pytest.approx(math.log(2))
+    assert topk_entropy([["a", 0.5]]) == pytest.approx(math.log(2))  # tail 0.5
+    assert topk_entropy([["a", 1.0]]) == 0.0
+    record = make_record()
+    gap = token_values(record["sample"], "entropy_gap")
+    student_h = topk_entropy([["x", 0.6], ["y", 0.2], ["z", 0.1]])
+    teacher_h = topk_entropy([["x", 0.5], ["y", 0.3], ["z", 0.1]])
+    assert gap == pytest.approx([student_h - teacher_h] * 6)
+
+
+def test_curves_plot_each_runs_raw_and_smoothed_values():
+    sdft = [make_record(step=s, loss=l) for s, l in [(1, 1.0), (2, 2.0), (3, float("nan"))]]
+    sft = [make_record(step=s, loss=l, method="sft") for s, l in [(1, 3.0), (2, 1.0)]]
+    fig = curves(sdft, sft, weight=0.5)
+    by_name = {(t.name, t.mode, t.xaxis): t for t in fig.data}
+    raw = by_name[("SDFT loss", "markers", "x")]
+    assert list(raw.x) == [1, 2, 3] and list(raw.y) == [1.0, 2.0, None]
+    line = by_name[("SDFT", "lines", "x")]
+    assert list(line.y) == pytest.approx([1.0, 1.25 / 0.75, None])  # bias-corrected EMA
+    assert list(by_name[("SDFT mean_kl", "markers", "x2")].y) == pytest.approx([1.2, 2.4, None])
+    assert list(by_name[("SFT loss", "markers", "x")].y) == [3.0, 1.0]
+    assert ("SFT mean_kl", "markers", "x2") not in by_name  # SFT has no KL
+    assert smooth([None, 4.0]) == [None, pytest.approx(4.0)]
+
+
+def test_retention_matrix_and_before_after_show_their_inputs():
+    tasks = ["math", "capitals"]
+    fig = retention_matrix(tasks, [[0.1, 0.5], [0.8, 0.4], [0.7, float("nan")]])
+    heat = fig.data[0]
+    assert list(heat.x) == tasks and list(heat.y) == ["base", "after math", "after capitals"]
+    assert [list(row) for row in heat.z] == [[0.1, 0.5], [0.8, 0.4], [0.7, None]]
+    assert heat.text[2][1] == ""
+    with pytest.raises(ValueError, match="3 rows"):
+        retention_matrix(tasks, [[0.1, 0.5], [0.8], [0.1, 0.1]])
+
+    table = before_after("What is 7 plus 5?", "It is 13.", "It is <12>.\nDone.", "Answer: 12.").data[0]
+    assert [list(col) for col in table.cells.values] == [["It is 13."], ["It is &lt;12&gt;.<br>Done."], ["Answer: 12."]]
+    assert len(before_after("q", "a", "b").data[0].cells.values) == 2
+
+
+def test_exported_html_is_self_contained(tmp_path):
+    record = make_record()
+    page = export_token_html(record, tmp_path / "view" / "tokens.html").read_text(encoding="utf-8")
+    assert "<script src" not in page and len(page) > 3_000_000  # plotly.js inlined, nothing fetched
+    assert '"␣answer"' in page or '"\\u2423answer"' in page
+    assert "plotly_click" in page
+    tricky = export_token_html(make_record(tokens=("</script>", "<b>", "x")), tmp_path / "t.html").read_text()
+    assert tricky.count("</script>") == 2  # the inlined plotly.js and the page's own script only
+    export_token_html(make_record(tokens=()), tmp_path / "empty.html")
+    export_token_html({"step": 1}, tmp_path / "bare.html")
+
+
+def test_views_import_no_ui_library():
+    code = ("import sys, sdft_kit.views, sdft_kit.dashboard; "
+            "print(sorted(m for m in ('ipywidgets', 'gradio', 'anywidget') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
