@@ -9,7 +9,8 @@ from .config import PAPER_TEMPLATE, Config, LossConfig, ModelConfig, RolloutConf
 from .data import DataError, Example, load_examples
 from .demos import DemoSelector, student_prompt, teacher_prompt
 from .models import add_lora, load_adapter, load_model
-from .rollout import Completions, generate_text, rollout
+# `rollout` (the function) stays in sdft_kit.rollout, so the module name is not shadowed.
+from .rollout import Completions, RolloutConfig, generate_text
 from .scoring import EMATeacher, score_teacher, teacher_view
 from .trainer import Trainer, load_records
 from .update import demonstration_loss, distill_loss
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PAPER_TEMPLATE", "Config", "LossConfig", "ModelConfig", "RolloutConfig", "TeacherConfig", "TrainConfig",
     "DataError", "Example", "load_examples", "DemoSelector", "student_prompt", "teacher_prompt",
-    "add_lora", "load_adapter", "load_model", "Completions", "generate_text", "rollout",
+    "add_lora", "load_adapter", "load_model", "Completions", "generate_text",
     "EMATeacher", "score_teacher", "teacher_view", "Trainer", "load_records",
     "demonstration_loss", "distill_loss",
 ]

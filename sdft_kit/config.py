@@ -21,6 +21,12 @@ PAPER_TEMPLATE = (
     "{demonstration}\n\n"
     "Now answer with a response of your own, including the thinking process."
 )
+# Teacher framings to choose from by name (`--template plain`); compare them with
+# `sdft-kit check-teacher`. "system" leaves the query as it is and puts this text, with
+# the demonstration, in a system message (see demos.teacher_messages).
+PLAIN_TEMPLATE = "{prompt}\n\n{demonstration}"  # TRL's default
+SYSTEM_TEMPLATE = "Here is an example of a good response to the user's next question:\n{demonstration}"
+TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": PLAIN_TEMPLATE, "system": SYSTEM_TEMPLATE}
 
 
 def _help(default: Any, text: str, **kwargs: Any) -> Any:
@@ -59,7 +65,8 @@ class TeacherConfig:
     ema_rate: float = _help(0.01, "EMA update: teacher = rate * student + (1 - rate) * teacher, after each step")
     demo_selection: str = _help("own", "demonstrations in the teacher prompt: 'own' (paper), 'retrieval' or 'random'")
     num_demos: int = _help(1, "how many demonstrations 'retrieval' and 'random' put in the teacher prompt")
-    template: str = _help(PAPER_TEMPLATE, "teacher prompt; needs {prompt} and {demonstration}")
+    template: str = _help(PAPER_TEMPLATE, "teacher prompt: 'paper', 'plain', 'system' (see sdft-kit check-teacher) "
+                                          "or a text with {prompt} and {demonstration}")
 
     def __post_init__(self) -> None:
         _choice("teacher", self.teacher, ("ema", "base", "live"))
@@ -69,7 +76,7 @@ class TeacherConfig:
         if self.num_demos < 1:
             raise ValueError(f"num_demos must be >= 1; got {self.num_demos}")
         for slot in ("{prompt}", "{demonstration}"):
-            if slot not in self.template:
+            if self.template not in TEMPLATES and slot not in self.template:
                 raise ValueError(f"template must contain {slot}; got {self.template!r}")
 
 
@@ -108,6 +115,8 @@ class TrainConfig:
     steps: int = _help(50, "optimizer steps")
     batch_size: int = _help(4, "prompts per micro-batch")
     grad_accum: int = _help(1, "micro-batches per optimizer step")
+    chunk_size: int = _help(1, "sequences per teacher/student pass (0 = whole batch): smaller saves memory, "
+                               "same loss and gradients")
     learning_rate: float = _help(5e-4, "AdamW learning rate (LoRA rates are ~10x full fine-tuning's)")
     warmup_ratio: float = _help(0.1, "share of steps with linear warm-up before the cosine decay")
     max_grad_norm: float = _help(1.0, "gradient-norm clip")
@@ -122,6 +131,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "save_every", "record_topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.chunk_size < 0:
+            raise ValueError(f"chunk_size must be >= 0; got {self.chunk_size}")
         if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("learning_rate must be > 0 and warmup_ratio in [0, 1)")
 

@@ -8,6 +8,7 @@ the update are shared by both methods.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,11 +28,47 @@ class Completions:
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
 
+    def select(self, rows: slice) -> Completions:
+        """A sub-batch of rows, with columns that are padding in all of them dropped."""
+        prompt_ids, prompt_mask = trim_left(self.prompt_ids[rows], self.prompt_mask[rows])
+        mask = self.completion_mask[rows]
+        width = int(mask.sum(-1).max())
+        return Completions(prompt_ids, prompt_mask, self.completion_ids[rows, :width], mask[:, :width])
+
     def texts(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return [
             tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
             for ids, mask in zip(self.completion_ids, self.completion_mask)
         ]
+
+
+def trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop leading columns that are padding in every row of a left-padded batch."""
+    first = int(mask.any(0).long().argmax())
+    return ids[:, first:], mask[:, first:]
+
+
+def is_quantized(model) -> bool:
+    return getattr(model.config, "quantization_config", None) is not None
+
+
+@contextlib.contextmanager
+def merged_lora(model):
+    """Fold the LoRA update into the base weights while decoding.
+
+    Each adapted layer then does one matmul per token instead of three, with the
+    same weights in memory (W + BA in place, subtracted again on exit; the round
+    trip changes W by float rounding only). Skipped for 4-bit bases, where merging
+    would re-quantize, and for models without an adapter.
+    """
+    if not callable(getattr(model, "merge_adapter", None)) or is_quantized(model):
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
 
 
 def eos_ids(model, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -71,15 +108,16 @@ def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], confi
     was_training = model.training
     model.eval()
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": 0} if do_sample else {}
-    sequences = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=config.max_new_tokens,
-        do_sample=do_sample,
-        eos_token_id=eos_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling,
-    )
+    with merged_lora(model):
+        sequences = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=eos_ids(model, tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
     model.train(was_training)
     completion_ids = sequences[:, prompt_ids.shape[1]:]
     completion_mask = mask_after_eos(completion_ids, eos_ids(model, tokenizer))

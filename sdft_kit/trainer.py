@@ -28,7 +28,8 @@ from .config import Config
 from .data import Example
 from .demos import DemoSelector, student_prompt, teacher_prompt
 from .models import add_lora, load_model
-from .rollout import Completions, demonstration_batch, rollout, tokenize_prompts
+from .losses import skip_first
+from .rollout import Completions, demonstration_batch, rollout, tokenize_prompts, trim_left
 from .scoring import EMATeacher, TeacherScores, score_teacher
 from .update import StudentScores, demonstration_loss, distill_loss, make_optimizer, optimizer_step
 
@@ -102,33 +103,59 @@ class Trainer:
         self.examples_seen += count
         return indices
 
-    def _micro_batch(self, timings: dict) -> tuple[StudentScores, Completions, TeacherScores | None, Example]:
+    def _micro_batch(self, timings: dict) -> tuple[float, float, int, dict]:
+        """Forward and backward one micro-batch; returns (loss, KL sum, tokens, sample record)."""
         cfg = self.config
         indices = self._next_indices(cfg.train.batch_size)
         examples = [self.examples[i] for i in indices]
         prompts = [student_prompt(self.tokenizer, ex) for ex in examples]
-        start = time.perf_counter()
-        if cfg.train.method == "sft":
+        sft = cfg.train.method == "sft"
+        if sft:
             batch = demonstration_batch(self.tokenizer, prompts, [ex.demonstration for ex in examples], self.device)
-            student = demonstration_loss(self.model, batch, cfg.train.record_topk)
-            teacher = None
+            loss_mask = batch.completion_mask
         else:
+            start = time.perf_counter()
             batch = rollout(self.model, self.tokenizer, prompts, cfg.rollout)
             timings["rollout"] += time.perf_counter() - start
-            start = time.perf_counter()
             n = cfg.rollout.generations_per_prompt
             teacher_prompts = [teacher_prompt(self.tokenizer, ex, self.selector.demos_for(i), cfg.teacher.template)
                                for i, ex in zip(indices, examples) for _ in range(n)]
-            t_ids, t_mask = tokenize_prompts(self.tokenizer, teacher_prompts, self.device)
-            teacher = score_teacher(self.model, t_ids, t_mask, batch, kind=cfg.teacher.teacher, ema=self.ema,
-                                    vocab=cfg.loss.vocab, topk=cfg.loss.topk, record_k=cfg.train.record_topk)
-            timings["teacher"] += time.perf_counter() - start
+            teacher_ids, teacher_mask = tokenize_prompts(self.tokenizer, teacher_prompts, self.device)
+            loss_mask = skip_first(batch.completion_mask, cfg.loss.skip_first)
+
+        # Teacher and student run on chunks of rows, so only one chunk's activations and
+        # full-vocabulary tensors are alive at once. The loss is a mean over the sequences
+        # that have tokens in it, so weighting each chunk by its share of them gives the
+        # whole batch's loss and gradients exactly.
+        counted = loss_mask.sum(-1) > 0
+        total = max(int(counted.sum()), 1)
+        rows = batch.completion_ids.shape[0]
+        size = cfg.train.chunk_size or rows
+        loss, kl_sum, sample = 0.0, 0.0, None
+        for lo in range(0, rows, size):
+            chunk = slice(lo, lo + size)
+            part = batch.select(chunk)
+            teacher = None
+            if not sft:
+                start = time.perf_counter()
+                t_ids, t_mask = trim_left(teacher_ids[chunk], teacher_mask[chunk])
+                teacher = score_teacher(self.model, t_ids, t_mask, part, kind=cfg.teacher.teacher, ema=self.ema,
+                                        vocab=cfg.loss.vocab, topk=cfg.loss.topk, record_k=cfg.train.record_topk)
+                timings["teacher"] += time.perf_counter() - start
             start = time.perf_counter()
-            student = distill_loss(self.model, batch.prompt_ids, batch.prompt_mask, batch, teacher, cfg.loss,
-                                   cfg.train.record_topk)
-        (student.loss / cfg.train.grad_accum).backward()
-        timings["student"] += time.perf_counter() - start
-        return student, batch, teacher, examples[0]
+            if sft:
+                student = demonstration_loss(self.model, part, cfg.train.record_topk)
+            else:
+                student = distill_loss(self.model, part.prompt_ids, part.prompt_mask, part, teacher, cfg.loss,
+                                       cfg.train.record_topk)
+            weight = int(counted[chunk].sum()) / total
+            (student.loss * weight / cfg.train.grad_accum).backward()
+            timings["student"] += time.perf_counter() - start
+            loss += student.loss.item() * weight
+            kl_sum += float((student.per_token * part.completion_mask).sum())
+            if sample is None:
+                sample = sample_record(self.tokenizer, examples[0], part, student, teacher)
+        return loss, kl_sum, batch.num_tokens, sample
 
     def train_step(self) -> dict:
         """One optimizer step (grad_accum micro-batches); returns its record."""
@@ -138,12 +165,11 @@ class Trainer:
         self.model.train()
         losses, kl_sum, tokens, first = [], 0.0, 0, None
         for _ in range(cfg.train.grad_accum):
-            student, batch, teacher, example = self._micro_batch(timings)
-            losses.append(student.loss.item())
-            tokens += batch.num_tokens
-            kl_sum += float((student.per_token * batch.completion_mask).sum())
-            if first is None:
-                first = sample_record(self.tokenizer, example, batch, student, teacher)
+            loss, kl, n, sample = self._micro_batch(timings)
+            losses.append(loss)
+            kl_sum += kl
+            tokens += n
+            first = first or sample
         lr = self.scheduler.get_last_lr()[0]
         opt_start = time.perf_counter()
         grad_norm = optimizer_step(self.model, self.optimizer, self.scheduler, cfg.train.max_grad_norm)

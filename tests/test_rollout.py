@@ -1,6 +1,7 @@
 import torch
 
-from sdft_kit import RolloutConfig, rollout
+from sdft_kit import RolloutConfig
+from sdft_kit.rollout import rollout
 from sdft_kit.demos import student_prompt
 from sdft_kit.rollout import demonstration_batch, eos_ids, mask_after_eos
 
