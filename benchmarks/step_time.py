@@ -3,7 +3,10 @@
     python benchmarks/step_time.py                      # embedded model, CPU, 1 thread
     python benchmarks/step_time.py --threads 2 --steps 8
 
-Each method runs in its own process so its peak RSS is its own. Reported: median
+Each method runs in its own process so its peak RSS is its own. With the `bench`
+extra (trl) installed, TRL's experimental SDFTTrainer is measured too, on the same
+model, data, LoRA, batch, new tokens, teacher kind, loss (forward KL on the top-k
+with a tail bucket, 3 tokens skipped), template and thread count. Reported: median
 seconds per optimizer step after warm-up, median seconds per phase, rollout tokens
 per second and peak memory. Writes JSON (default benchmarks/results/step_time.json)
 and prints a table.
@@ -12,6 +15,7 @@ and prints a table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -58,6 +62,59 @@ def worker(method: str, args: argparse.Namespace) -> dict:
     }
 
 
+def trl_worker(args: argparse.Namespace) -> dict:
+    """TRL's experimental SDFTTrainer on the settings sdft-kit runs with (needs `pip install trl`)."""
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    from sdft_kit import PAPER_TEMPLATE, load_examples
+    from sdft_kit.cli import DEMO_DATA
+    from sdft_kit.models import embedded_model_dir
+    from sdft_kit.trainer import peak_memory_mb
+
+    torch.set_num_threads(args.threads)
+    examples = load_examples(DEMO_DATA)
+    data = Dataset.from_list([{"prompt": list(ex.messages), "privileged_context": ex.demonstration} for ex in examples])
+    model = str(embedded_model_dir()) if args.model == "embedded" else args.model
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.last = [], None
+
+        def on_step_begin(self, *_, **__):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.last)
+
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        config = SDFTConfig(
+            output_dir=out, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1, num_generations=1, max_completion_length=args.max_new_tokens,
+            learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.1, max_grad_norm=1.0, weight_decay=0.0,
+            temperature=1.0, top_p=1.0, teacher_model_kind=args.teacher, distillation_alpha=0.0,
+            distillation_mode="topk_logits" if args.vocab == "topk" else "full_logits",
+            distillation_topk=args.topk, distillation_add_tail=True, distillation_is_clip=None,
+            num_loss_tokens_to_skip=3,
+            teacher_prompt_template=PAPER_TEMPLATE.replace("{demonstration}", "{privileged_context}"),
+            bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
+            logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": torch.float32},
+        )
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SDFTTrainer(model=model, args=config, train_dataset=data, peft_config=lora, callbacks=[timer])
+        trainer.train()
+    measured = timer.times[args.warmup:]
+    return {"s_per_step": statistics.median(measured), "phases_s": None, "tokens_per_step": None,
+            "rollout_tokens_per_s": None, "peak_rss_mb": round(peak_memory_mb(torch.device("cpu")), 1),
+            "torch_threads": torch.get_num_threads(), "trl_version": __import__("trl").__version__}
+
+
 def run_child(method: str, argv: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--worker", method, *argv], capture_output=True, text=True)
     if out.returncode != 0:
@@ -81,22 +138,28 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args)))
+        print(json.dumps(trl_worker(args) if args.worker == "trl_sdft" else worker(args.worker, args)))
         return
 
     argv = [a for a in sys.argv[1:]]
     start = time.perf_counter()
-    results = {m: run_child(m, argv) for m in ("sdft", "sft")}
-    sdft, sft = results["sdft"], results["sft"]
+    methods = ["sdft", "sft"]
+    if importlib.util.find_spec("trl") is not None:
+        methods.append("trl_sdft")
+    else:
+        print("trl is not installed (pip install 'sdft-kit[bench]'): TRL's SDFTTrainer is not measured")
+    results = {m: run_child(m, argv) for m in methods}
+    sdft, sft, trl = results["sdft"], results["sft"], results.get("trl_sdft")
     report = {
         "settings": settings(args),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "threads": args.threads,
         "sdft_s_per_step": sdft["s_per_step"],
         "sft_s_per_step": sft["s_per_step"],
-        "trl_sdft_s_per_step": None,  # TRL comparison: not measured by this script yet
+        "trl_sdft_s_per_step": trl["s_per_step"] if trl else None,
         "ratio_sdft_sft": sdft["s_per_step"] / sft["s_per_step"],
-        "ratio_sdft_trl": None,
+        "ratio_sdft_trl": sdft["s_per_step"] / trl["s_per_step"] if trl else None,
+        "peak_rss_mb": {m: r["peak_rss_mb"] for m, r in results.items()},
         "methods": results,
         "wall_s": round(time.perf_counter() - start, 1),
     }
@@ -105,13 +168,15 @@ def main() -> None:
 
     print(f"embedded model, batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, "
           f"teacher {args.teacher}, vocab {args.vocab}, {args.threads} thread(s)")
-    print(f"{'method':<8}{'s/step':>9}{'rollout':>9}{'teacher':>9}{'student':>9}{'optim':>8}{'tok/s':>8}{'peak RSS':>11}")
+    print(f"{'method':<9}{'s/step':>8}{'rollout':>9}{'teacher':>9}{'student':>9}{'optim':>8}{'tok/s':>8}{'peak RSS':>11}")
     for name, r in results.items():
-        p = r["phases_s"]
+        p = r["phases_s"] or {}
+        cells = "".join(f"{p[k]:>9.2f}" if k in p else f"{'-':>9}" for k in ("rollout", "teacher", "student"))
+        optim = f"{p['optimizer']:>8.2f}" if p else f"{'-':>8}"
         tps = f"{r['rollout_tokens_per_s']:.0f}" if r["rollout_tokens_per_s"] else "-"
-        print(f"{name:<8}{r['s_per_step']:>9.2f}{p['rollout']:>9.2f}{p['teacher']:>9.2f}{p['student']:>9.2f}"
-              f"{p['optimizer']:>8.2f}{tps:>8}{r['peak_rss_mb']:>8.0f} MB")
-    print(f"SDFT / SFT = {report['ratio_sdft_sft']:.2f}x   (written to {args.out})")
+        print(f"{name:<9}{r['s_per_step']:>8.2f}{cells}{optim}{tps:>8}{r['peak_rss_mb']:>8.0f} MB")
+    trl_ratio = f", SDFT / TRL SDFT = {report['ratio_sdft_trl']:.2f}x" if trl else ""
+    print(f"SDFT / SFT = {report['ratio_sdft_sft']:.2f}x{trl_ratio}   (written to {args.out})")
 
 
 if __name__ == "__main__":
