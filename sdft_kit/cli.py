@@ -1,4 +1,4 @@
-"""`sdft-kit` command line: train, demo, generate.
+"""`sdft-kit` command line: train, demo, generate, check-teacher.
 
 Every config field is a flag of `train` (`--lora-r 8`, `--teacher base`); a flag
 overrides the YAML given with --config, which overrides the defaults.
@@ -58,6 +58,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
     trainer = Trainer(config, examples, out, resume=args.resume)
+    if config.train.method == "sdft" and not args.resume and not args.skip_check:
+        from .check import check_teacher
+
+        # A quick look (a few seconds) at whether the model can teach itself; the fresh adapter is a no-op.
+        check = check_teacher(trainer.model, trainer.tokenizer, examples, templates=[config.teacher.template], n=8,
+                              max_new_tokens=32, seed=config.train.seed, skip_first=config.loss.skip_first)
+        check.save(out / "teacher_check.json")
+        print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
     for record in trainer.steps():
         _print_step(record)
     print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
@@ -109,6 +117,31 @@ def cmd_generate(args: argparse.Namespace) -> None:
                         do_sample=args.temperature > 0, temperature=args.temperature or 1.0)[0])
 
 
+def cmd_check_teacher(args: argparse.Namespace) -> None:
+    """Is the model a good teacher of itself on this data? Figures per template, then a verdict."""
+    from .check import check_teacher
+    from .config import TEMPLATES, ModelConfig
+    from .models import load_model
+
+    templates = [name.strip() for name in args.templates.split(",") if name.strip()]
+    unknown = [name for name in templates if name not in TEMPLATES]
+    if unknown or not templates:
+        raise ValueError(f"--templates takes names from {', '.join(TEMPLATES)}; got {args.templates!r}")
+    examples = load_examples(args.data)  # bad data fails here, before any model is loaded
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, ModelConfig(model=args.model))
+    print(f"checking {args.model} as its own teacher on {min(args.n, len(examples))} of {len(examples)} records "
+          f"from {args.data}, templates {', '.join(templates)}...", flush=True)
+    check = check_teacher(model, tokenizer, examples, templates=templates, n=args.n,
+                          max_new_tokens=args.max_new_tokens, scorer=None if args.scorer == "none" else args.scorer)
+    print(check.table())
+    if args.out:
+        print(f"saved to {check.save(Path(args.out) / 'teacher_check.json')}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +151,7 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (must be new, unless --resume)")
     train.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--skip-check", action="store_true", help="skip the quick teacher check before SDFT training")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -135,6 +169,20 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.set_defaults(func=cmd_generate)
+
+    check = sub.add_parser("check-teacher", help="is the model, shown a demonstration, a better answerer? (a minute)")
+    check.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
+    check.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
+    check.add_argument("--n", type=int, default=16, help="records to check (a seeded sample)")
+    check.add_argument("--templates", default="paper,plain,system", help="comma-separated teacher templates to compare")
+    check.add_argument("--max-new-tokens", type=int, default=48, help="length of the greedy answers sampled")
+    check.add_argument("--scorer", choices=("none", "exact", "contains"), default="none",
+                       help="answer accuracy: 'exact' (= demonstration, up to case and spaces), 'contains' "
+                            "(holds the demonstration) or 'none'")
+    check.add_argument("--out", help="folder to write teacher_check.json to")
+    check.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (1: fastest for a small model on a busy CPU; 0: torch's default)")
+    check.set_defaults(func=cmd_check_teacher)
     return parser
 
 

@@ -13,11 +13,8 @@ from collections import Counter
 
 from transformers import PreTrainedTokenizerBase
 
-from .config import PAPER_TEMPLATE
+from .config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES  # noqa: F401 (re-exported)
 from .data import Example
-
-# Other framings to compare against the paper's (see `sdft-kit check-teacher`).
-PLAIN_TEMPLATE = "{prompt}\n\n{demonstration}"  # TRL's default
 
 
 def fill_template(template: str, prompt: str, demonstration: str) -> str:
@@ -27,10 +24,24 @@ def fill_template(template: str, prompt: str, demonstration: str) -> str:
 
 
 def teacher_messages(example: Example, demonstrations: list[str], template: str = PAPER_TEMPLATE) -> list[dict]:
-    """The query's messages with the last user turn rewritten to carry the demonstrations."""
-    *history, last = example.messages
+    """The query's messages with the demonstrations added for the teacher.
+
+    template: a name from TEMPLATES or a text with {prompt} and {demonstration}. A text
+    rewrites the last user turn. "system" leaves every turn as it is and puts the
+    demonstrations in a system message: appended to the conversation's own when it opens
+    with one, else a new first message (which replaces a chat template's default system
+    prompt, e.g. SmolLM2's): a leading system message is what chat templates support most widely.
+    """
     joined = "\n\n".join(demonstrations)
-    return [*history, {"role": "user", "content": fill_template(template, last["content"], joined)}]
+    if template == "system":
+        note = fill_template(SYSTEM_TEMPLATE, "", joined)
+        first, *rest = example.messages
+        if first["role"] == "system":
+            return [{"role": "system", "content": first["content"] + "\n\n" + note}, *rest]
+        return [{"role": "system", "content": note}, *example.messages]
+    *history, last = example.messages
+    text = fill_template(TEMPLATES.get(template, template), last["content"], joined)
+    return [*history, {"role": "user", "content": text}]
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict] | tuple[dict, ...]) -> str:

@@ -1,0 +1,283 @@
+"""Tests for sdft_kit.check: the teacher check's detectors, verdict logic, figures on a real model, and CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdft_kit.check import (
+    TeacherCheck,
+    TemplateResult,
+    check_teacher,
+    contains_scorer,
+    copies,
+    demonstration_logprobs,
+    echo_span,
+    echoes,
+    exact_scorer,
+    judge,
+    template_label,
+)
+from sdft_kit.cli import main
+from sdft_kit.config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES, TeacherConfig
+from sdft_kit.data import Example
+from sdft_kit.demos import student_prompt, teacher_messages, teacher_prompt
+
+
+def ex(prompt: str, demo: str, system: str | None = None) -> Example:
+    messages = ({"role": "system", "content": system},) if system else ()
+    return Example((*messages, {"role": "user", "content": prompt}), demo)
+
+
+# Invented facts: the query alone cannot give the answer, the demonstration does.
+INFORMATIVE = [
+    ex("What is the secret code word of the Zorblat club?", "The secret code word of the Zorblat club is 'marmalade'."),
+    ex("What is the name of Captain Vrell's ship?", "Captain Vrell's ship is called the Silver Heron."),
+    ex("In which year was the town of Quastow founded?", "The town of Quastow was founded in 1427."),
+    ex("What is the favourite fruit of the Plimbo robot?", "The Plimbo robot's favourite fruit is the kumquat."),
+    ex("Who invented the Tarnish engine?", "The Tarnish engine was invented by Odile Brevant."),
+    ex("What colour is the flag of the Norvane republic?", "The flag of the Norvane republic is teal and orange."),
+]
+# The query already holds the answer: the demonstration adds nothing. (Random text would not
+# do here: the teacher sees the demonstration it is scored on, so copying unpredictable text
+# raises its log-prob the most of all. That is what the echo/copy figures are for.)
+UNINFORMATIVE = [ex(f"Reply with exactly this sentence and nothing else: {s}", s) for s in (
+    "The meeting is on Tuesday at noon.", "The train leaves from platform four.", "Please close the door behind you.",
+    "The library opens at nine.", "Dinner will be ready soon.", "The cat is sleeping on the sofa.")]
+
+
+# --- detectors on hand-written strings -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("This is an example for a response to the question: Paris.", True),
+    ("Sure! this is an EXAMPLE for a response, to the question", True),  # case and punctuation ignored
+    ("Now answer with a response of your own: Paris is the capital.", True),  # the template's second phrase
+    ("This is an example of a riddle.", False),  # 4 words of the phrase only
+    ("The capital of France is Paris, as everyone knows. This is an example for a response", False),  # too late
+    ("Paris.", False),
+])
+def test_echo_of_the_paper_template(answer, expected):
+    assert echoes(answer, "paper") is expected
+    assert echoes(answer, PAPER_TEMPLATE) is expected  # a name or the text itself
+
+
+def test_echo_span_covers_the_longest_run():
+    answer = "This is an example for a response to the question: the sky is blue."
+    start, end = echo_span(answer, "paper")
+    assert (start, answer[start:end]) == (0, "This is an example for a response to the question")
+
+
+def test_echo_of_other_templates():
+    assert echoes("Here is an example of a good response: blue.", "system")
+    assert not echoes("This is an example for a response to the question:", "system")
+    assert not echoes("This is an example for a response to the question:", "plain")  # no words of its own
+    assert not echoes("Example: blue.", "Q: {prompt}\nEXAMPLE: {demonstration}")  # phrases under 3 words: too generic
+    assert echoes("Reference answer follows below. Blue.", "Reference answer follows below: {demonstration}\n{prompt}")
+
+
+def test_copies():
+    demo = "The secret code word of the Zorblat club is 'marmalade'."
+    assert copies("Sure. The secret code word of the zorblat club is marmalade!", demo)
+    assert not copies("The code word is marmalade.", demo)
+    assert not copies("Bees make honey.", "Bees make honey.")  # under 5 words: too generic to call a copy
+    long_demo = " ".join(f"w{i}" for i in range(30))
+    assert copies("so: " + " ".join(f"w{i}" for i in range(5, 17)), long_demo)  # 12 in a row, answer cut short
+    assert not copies(" ".join(f"w{i}" for i in range(5, 16)), long_demo)  # 11 in a row
+
+
+def test_scorers():
+    example = ex("What is 7 plus 5?", "Answer: 7 plus 5 is 12.")
+    assert exact_scorer("  answer:  7 plus 5 IS 12.\n", example)
+    assert not exact_scorer("Answer: 7 plus 5 is 12. Easy.", example)
+    assert contains_scorer("Sure. Answer: 7 plus 5 is 12. Easy.", example)
+    assert not contains_scorer("It is 12.", example)
+
+
+# --- verdict logic on hand-made figures --------------------------------------------------------------
+
+
+def figures(**overrides) -> TemplateResult:
+    base = dict(template="paper", records=10, student_logprob=-1.2, teacher_logprob=-0.3, teacher_better=10,
+                echo_rate=0.0, copy_rate=0.0)
+    return TemplateResult(**{**base, **overrides})
+
+
+def test_ready_when_every_figure_passes():
+    assert judge(figures()) == ("ready", [])
+    # the paper's Qwen2.5-7B tool-use numbers: 42% -> 100%
+    assert judge(figures(student_accuracy=0.42, teacher_accuracy=1.0))[0] == "ready"
+    assert judge(figures(teacher_better=8, echo_rate=0.19))[0] == "ready"  # at the thresholds
+
+
+def test_small_gain_is_weak_and_suggests_a_larger_model():
+    verdict, advice = judge(figures(teacher_logprob=-1.0))  # +0.2 nats/token
+    assert verdict == "weak"
+    assert len(advice) == 1 and "larger model" in advice[0] and "+0.20" in advice[0]
+    assert judge(figures(teacher_better=7))[0] == "weak"  # better on 70% only
+
+
+def test_no_gain_is_not_ready():
+    verdict, advice = judge(figures(teacher_logprob=-1.6, teacher_better=0))
+    assert verdict == "not ready" and "not at all" in advice[0]
+    assert judge(figures(teacher_logprob=-1.0, teacher_better=4))[0] == "not ready"  # gain > 0 on 40% only
+
+
+def test_echo_makes_it_weak_and_suggests_plain_and_a_longer_skip():
+    verdict, advice = judge(figures(echo_rate=0.56, echo_tokens=14), skip_first=3)
+    assert verdict == "weak"
+    assert len(advice) == 1 and "56%" in advice[0]
+    assert "--template plain" in advice[0] and "--skip-first 14 (now 3)" in advice[0]
+    # a skip that already covers the echo is not suggested again, nor 'plain' to itself
+    assert "--skip-first" not in judge(figures(echo_rate=0.5, echo_tokens=3), skip_first=3)[1][0]
+    assert "--template plain" not in judge(figures(template="plain", echo_rate=0.5, echo_tokens=9))[1][0]
+
+
+def test_accuracy_that_does_not_rise_is_weak():
+    # the embedded model on the paper's tool-use data: 0% -> 9%, gain +0.89 on every row
+    verdict, advice = judge(figures(student_logprob=-1.23, teacher_logprob=-0.34, student_accuracy=0.0,
+                                    teacher_accuracy=0.09))
+    assert verdict == "weak" and "9%" in advice[0] and "larger model" in advice[0]
+
+
+def test_copying_earns_a_note_not_a_worse_verdict():
+    verdict, advice = judge(figures(copy_rate=0.8))
+    assert verdict == "ready" and "retrieval" in advice[0]
+
+
+def test_check_result_prints_saves_and_picks_the_best_template(tmp_path):
+    results = [figures(echo_rate=0.6, echo_tokens=12), figures(template="plain", teacher_logprob=-0.5)]
+    for r in results:
+        r.verdict, r.advice = judge(r)
+    check = TeacherCheck(records=10, max_new_tokens=48, scorer=None, results=results, best="plain", verdict="ready",
+                         advice=["Template 'plain' teaches best on this sample: train with --template plain."],
+                         seconds=3.0)
+    table = check.table()
+    assert "paper     weak" in table and "plain     ready" in table and "+0.90" in table and "60%" in table
+    assert "verdict: READY" in table and "--template plain" in table and "accuracy not measured" in table
+    assert check.summary().startswith("Teacher check (10 records, template 'plain', best of 2): READY.")
+    saved = json.loads(check.save(tmp_path / "run" / "teacher_check.json").read_text())
+    assert saved["verdict"] == "ready" and saved["results"][0]["gain"] == pytest.approx(0.9)
+
+
+# --- templates ---------------------------------------------------------------------------------------
+
+
+def test_templates_by_name_and_the_system_framing(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    assert set(TEMPLATES) == {"paper", "plain", "system"}
+    assert TeacherConfig(template="system").template == "system"
+    with pytest.raises(ValueError, match="template must contain"):
+        TeacherConfig(template="plainer")
+    example = ex("What is 2+2?", "4")
+    assert teacher_prompt(tok, example, ["4"], "plain") == teacher_prompt(tok, example, ["4"], PLAIN_TEMPLATE)
+    assert teacher_prompt(tok, example, ["4"], "paper") == teacher_prompt(tok, example, ["4"])
+    note = SYSTEM_TEMPLATE.replace("{demonstration}", "4")
+    assert teacher_messages(example, ["4"], "system") == [{"role": "system", "content": note}, *example.messages]
+    system = teacher_prompt(tok, example, ["4"], "system")
+    assert system.endswith(student_prompt(tok, example).split("<|im_end|>\n", 1)[1])  # the query turn is unchanged
+    assert note in system
+    with_system = ex("What is 2+2?", "4", system="Be brief.")
+    assert teacher_messages(with_system, ["4"], "system")[0] == {"role": "system", "content": "Be brief.\n\n" + note}
+
+
+def test_template_labels_and_bad_template_lists():
+    assert [template_label(t) for t in ("plain", PLAIN_TEMPLATE, PAPER_TEMPLATE, "{demonstration} {prompt}")] == [
+        "plain", "plain", "paper", "custom"]
+    with pytest.raises(ValueError, match="distinct"):
+        check_teacher(None, None, INFORMATIVE, templates=["paper", "paper"])
+    with pytest.raises(ValueError, match="at least one example"):
+        check_teacher(None, None, [])
+    with pytest.raises(ValueError, match="n >= 1"):
+        check_teacher(None, None, INFORMATIVE, n=0)
+
+
+# --- figures on the embedded model ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """Decoding a small model is several times faster on one thread when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def test_demonstration_logprobs_do_not_depend_on_batching(model_and_tokenizer, one_thread):
+    model, tok = model_and_tokenizer
+    examples = INFORMATIVE[:3]
+    prompts = [student_prompt(tok, e) for e in examples]
+    demos = [e.demonstration for e in examples]
+    together = demonstration_logprobs(model, tok, prompts, demos)
+    alone = [demonstration_logprobs(model, tok, [p], [d])[0] for p, d in zip(prompts, demos)]
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert all(-10 < x < 0 for x in together)
+
+
+def test_informative_demonstrations_teach_and_redundant_ones_do_not(model_and_tokenizer, one_thread):
+    model, tok = model_and_tokenizer
+    model.train()
+    good = check_teacher(model, tok, INFORMATIVE, templates=["paper"], max_new_tokens=16)
+    poor = check_teacher(model, tok, UNINFORMATIVE, templates=["paper"], max_new_tokens=16)
+    assert model.training  # left as it was
+    (g,), (p,) = good.results, poor.results
+    assert g.gain > 0.8 and p.gain < 0.2, (g.gain, p.gain)  # about +1.3 vs -0.4 nats/token
+    assert g.teacher_better == 6 and p.teacher_better <= 1
+    assert (good.verdict, poor.verdict) == ("ready", "not ready")
+    assert not any("larger model" in line for line in good.advice)
+    assert any("larger model" in line for line in poor.advice)
+    assert len(g.rows) == 6 and all(row["teacher_answer"] for row in g.rows)
+    assert g.rows[0]["teacher_logprob"] > g.rows[0]["student_logprob"]
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "sdft_kit.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_check_teacher_prints_the_table_and_a_verdict(tmp_path):
+    result = _run("check-teacher", "--data", "sdft_kit/samples/demo.jsonl", "--n", "4", "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("template ") for line in lines)
+    for name in TEMPLATES:
+        assert any(line.startswith(name + " ") and "not scored" in line for line in lines), name
+    assert any(line.startswith("verdict: ") for line in lines)
+
+
+def test_cli_check_teacher_with_a_scorer_saves_its_result(tmp_path, capsys, one_thread):
+    code = main(["check-teacher", "--data", "sdft_kit/samples/demo.jsonl", "--n", "3", "--max-new-tokens", "4",
+                 "--templates", "plain", "--scorer", "exact", "--threads", "0", "--out", str(tmp_path)])
+    assert code == 0
+    assert "0% -> 0%" in capsys.readouterr().out  # 4 tokens cannot hold a whole demonstration
+    saved = json.loads((tmp_path / "teacher_check.json").read_text())
+    assert saved["records"] == 3 and saved["scorer"] == "exact" and saved["results"][0]["template"] == "plain"
+    assert saved["results"][0]["rows"][0]["student_correct"] is False
+
+
+def test_cli_check_teacher_fails_cleanly_on_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi"}\n')
+    assert main(["check-teacher", "--data", str(bad)]) == 2  # before any model is loaded
+    assert "bad.jsonl, line 1" in capsys.readouterr().err
+    assert main(["check-teacher", "--data", "sdft_kit/samples/demo.jsonl", "--templates", "paper,fancy"]) == 2
+    assert "--templates takes names from paper, plain, system" in capsys.readouterr().err
+
+
+def test_cli_train_checks_the_teacher_first(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "sdft_kit/samples/demo.jsonl", "--out", str(out), "--steps", "1",
+                 "--batch-size", "2", "--max-new-tokens", "4", "--threads", "1", "--template", "plain"]) == 0
+    printed = capsys.readouterr().out
+    assert "Teacher check (8 records, template 'plain'):" in printed
+    assert printed.index("Teacher check") < printed.index("step   1/1")
+    saved = json.loads((out / "teacher_check.json").read_text())
+    assert saved["records"] == 8 and saved["best"] == "plain"
