@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Embedded model + bundled data: per-step loss and a before/after answer."""
-    from .demos import student_prompt
+    from .demos import student_prompt, teacher_prompt
     from .rollout import generate_text
     from .trainer import Trainer
 
@@ -86,13 +86,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     probe = examples[:2]
     prompts = [student_prompt(trainer.tokenizer, ex) for ex in probe]
     before = generate_text(trainer.model, trainer.tokenizer, prompts, max_new_tokens=40)
+    # What the student is pulled towards: the same model with the demonstration in context.
+    teacher = generate_text(trainer.model, trainer.tokenizer,
+                            [teacher_prompt(trainer.tokenizer, ex, [ex.demonstration]) for ex in probe],
+                            max_new_tokens=40)
     print(f"SDFT demo: {len(examples)} demonstrations in the form 'Answer: <one sentence>.', "
           f"{config.train.steps} steps on {config.model.model} (SmolLM2-135M-Instruct)\n")
     for record in trainer.steps():
         _print_step(record)
     after = generate_text(trainer.model, trainer.tokenizer, prompts, max_new_tokens=40)
-    for ex, b, a in zip(probe, before, after):
-        print(f"\nQ: {ex.prompt}\n  demonstration: {ex.demonstration}\n  before: {b}\n  after:  {a}")
+    for ex, b, t, a in zip(probe, before, teacher, after):
+        print(f"\nQ: {ex.prompt}\n  demonstration: {ex.demonstration}\n  student before:    {b}\n"
+              f"  teacher (+demo):   {t}\n  student after:     {a}")
     print(f"\ndone in {time.perf_counter() - start:.0f} s" + (f"; run saved in {out}" if out else ""))
 
 
