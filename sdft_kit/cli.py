@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         # A quick look (a few seconds) at whether the model can teach itself; the fresh adapter is a no-op.
         check = check_teacher(trainer.model, trainer.tokenizer, examples, templates=[config.teacher.template], n=8,
-                              max_new_tokens=32, seed=config.train.seed, skip_first=config.loss.skip_first)
+                              max_new_tokens=min(32, config.rollout.max_new_tokens), seed=config.train.seed,
+                              skip_first=config.loss.skip_first)
         check.save(out / "teacher_check.json")
         print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
     for record in trainer.steps():

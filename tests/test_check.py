@@ -236,6 +236,23 @@ def test_informative_demonstrations_teach_and_redundant_ones_do_not(model_and_to
     assert g.rows[0]["teacher_logprob"] > g.rows[0]["student_logprob"]
 
 
+def test_echoing_and_copying_answers_are_counted_and_advised_on(model_and_tokenizer, monkeypatch, one_thread):
+    model, tok = model_and_tokenizer
+    echo = "This is an example for a response to the question:"
+    canned = [f"{echo} {INFORMATIVE[0].demonstration}", "Marmalade."] * 3  # student and teacher answers alike
+    monkeypatch.setattr("sdft_kit.check._answers", lambda *args: canned)
+    check = check_teacher(model, tok, INFORMATIVE, templates=["paper", "plain"], scorer="contains")
+    paper, plain = check.results
+    assert (paper.echo_rate, plain.echo_rate) == (0.5, 0.0)
+    assert paper.echo_tokens == len(tok(echo[:-1], add_special_tokens=False)["input_ids"])
+    assert paper.copy_rate == plain.copy_rate == 1 / 6  # the first record's answer holds its own demonstration
+    assert paper.teacher_accuracy == paper.student_accuracy == 1 / 6
+    assert paper.verdict == "weak" and "17% correctly" in paper.advice[0]
+    assert "--template plain" in paper.advice[-1]
+    assert f"--skip-first {paper.echo_tokens}" in paper.advice[-1]
+    assert [row["echo"] for row in paper.rows] == [True, False] * 3
+
+
 # --- CLI -------------------------------------------------------------------------------------------
 
 
@@ -280,4 +297,4 @@ def test_cli_train_checks_the_teacher_first(tmp_path, capsys, one_thread):
     assert "Teacher check (8 records, template 'plain'):" in printed
     assert printed.index("Teacher check") < printed.index("step   1/1")
     saved = json.loads((out / "teacher_check.json").read_text())
-    assert saved["records"] == 8 and saved["best"] == "plain"
+    assert saved["records"] == 8 and saved["best"] == "plain" and saved["max_new_tokens"] == 4  # no longer than training's
