@@ -31,7 +31,8 @@ def settings(args: argparse.Namespace) -> dict:
     return {
         "model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "lora_r": 16, "lora_target": "all-linear", "teacher": args.teacher, "vocab": args.vocab, "topk": args.topk,
-        "alpha": 0.0, "threads": args.threads, "warmup_steps": args.warmup, "measured_steps": args.steps,
+        "alpha": 0.0, "threads": args.threads, "chunk_size": args.chunk_size,
+        "warmup_steps": args.warmup, "measured_steps": args.steps,
     }
 
 
@@ -46,7 +47,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
     config = Config().replace(
         model=args.model, method=method, steps=args.warmup + args.steps, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk,
-        alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0,
+        alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0, chunk_size=args.chunk_size,
     )
     trainer = Trainer(config, load_examples(DEMO_DATA))
     records = trainer.train(progress=False)[args.warmup:]
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="base")
     parser.add_argument("--vocab", default="topk")
     parser.add_argument("--topk", type=int, default=100)
+    parser.add_argument("--chunk-size", type=int, default=1, help="sdft-kit rows per teacher/student pass (0 = all)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="measured steps after warm-up")
     parser.add_argument("--out", type=Path, default=RESULTS)
