@@ -31,5 +31,8 @@ test: install
 bench: install
 	$(PY) benchmarks/step_time.py
 
+app: install
+	$(VENV)/bin/python app.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
