@@ -133,27 +133,30 @@ def build(runs_dir: str = "runs", max_upload_mb: int = 20, threads: int = 1) -> 
             return _error(str(err))
         return f"Resuming <b>{run_dir.name}</b> to step {int(steps)}."
 
+    def token_views(record: dict, metric: str, position: int | None = None):
+        """Strip and top-k detail of a record at `position` (default: its most divergent token)."""
+        metric = metric if metric in views.metrics_for(record) else views.metrics_for(record)[0]
+        if position is None:
+            position = views.loudest_token(record, metric)
+        last = max(len(record["sample"]["tokens"]) - 1, 1) if record.get("sample") else 1
+        return (views.token_strip(record, metric, selected=position, chars_per_row=64),
+                views.token_detail(record, position), gr.update(maximum=last, value=min(position, last)))
+
     def poll(seen, metric):
         status = worker.status()
         records = worker.records()
         key = (str(status.run_dir), len(records), status.state)
         if key == tuple(seen or ()):  # nothing new: keep the figures as they are
-            return status.text, gr.skip(), gr.skip(), gr.skip(), seen
+            return status.text, gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
         if not records:
-            return status.text, None, None, None, list(key)
-        last = records[-1]
-        metric = metric if metric in views.metrics_for(last) else views.metrics_for(last)[0]
-        loudest = views.loudest_token(last, metric)
-        return (status.text, views.curves(records), views.token_strip(last, metric, selected=loudest, chars_per_row=64),
-                views.token_detail(last, loudest), list(key))
+            return status.text, None, None, None, gr.skip(), list(key)
+        return (status.text, views.curves(records), *token_views(records[-1], metric), list(key))
 
-    def on_metric(metric):
+    def on_token(metric, position=None):
         records = worker.records()
         if not records:
-            return gr.skip(), gr.skip()
-        last = records[-1]
-        loudest = views.loudest_token(last, metric)
-        return views.token_strip(last, metric, selected=loudest, chars_per_row=64), views.token_detail(last, loudest)
+            return gr.skip(), gr.skip(), gr.skip()
+        return token_views(records[-1], metric, None if position is None else int(position))
 
     # -- compare and export --
     def on_compare(prompt, demonstration, name, model):
@@ -222,9 +225,12 @@ def build(runs_dir: str = "runs", max_upload_mb: int = 20, threads: int = 1) -> 
                         resume = gr.Button("Resume", elem_id="resume")
                     message = gr.HTML()
                     curves_plot = gr.Plot(label="loss and mean KL", elem_id="curves")
-                    metric = gr.Dropdown(METRIC_CHOICES, value="log_ratio", label="Colour tokens by")
+                    with gr.Row():
+                        metric = gr.Dropdown(METRIC_CHOICES, value="log_ratio", label="Colour tokens by", scale=2)
+                        position = gr.Slider(0, 1, value=0, step=1, label="Inspect token # (starts at the most "
+                                             "divergent one)", scale=2, elem_id="position")
                     strip_plot = gr.Plot(label="latest rollout, token by token", elem_id="strip")
-                    detail_plot = gr.Plot(label="student vs teacher top-k at the most divergent token")
+                    detail_plot = gr.Plot(label="student vs teacher top-k at the inspected token")
             command = gr.Code(label="Equivalent command (copy-paste to train from a terminal)", language="shell",
                               interactive=False)
         with gr.Tab("3 · Compare") as compare_tab:
@@ -256,9 +262,11 @@ def build(runs_dir: str = "runs", max_upload_mb: int = 20, threads: int = 1) -> 
         start.click(on_start, [examples, *knobs], [message, run], api_name="start")
         stop.click(on_stop, None, message, api_name="stop")
         resume.click(on_resume, [run, steps], message, api_name="resume")
-        timer.tick(poll, [seen, metric], [status, curves_plot, strip_plot, detail_plot, seen], api_name="poll",
-                   show_progress="hidden")
-        metric.change(on_metric, metric, [strip_plot, detail_plot], api_name=False)
+        timer.tick(poll, [seen, metric], [status, curves_plot, strip_plot, detail_plot, position, seen],
+                   api_name="poll", show_progress="hidden")
+        metric.change(on_token, metric, [strip_plot, detail_plot, position], api_name=False)
+        # release, not change: the slider moved by a new step must not trigger a redraw of its own
+        position.release(on_token, [metric, position], [strip_plot, detail_plot, position], api_name=False)
         compare.click(on_compare, [prompt, demonstration, compare_run, model],
                       [compare_note, base_answer, trained_answer, teacher_answer], api_name="compare")
         export_adapter.click(lambda name: on_export(name, False), export_run, [export_note, export_file],

@@ -78,7 +78,7 @@ def test_upload_train_and_read_back_the_plots_over_http(app, tmp_path):
     assert "already in progress" in busy
     deadline = time.time() + 240
     while True:
-        text, curves, strip, detail = client.predict("log_ratio", api_name="/poll")
+        text, curves, strip, detail, position = client.predict("log_ratio", api_name="/poll")
         if text.endswith("done") or "failed" in text or time.time() > deadline:
             break
         time.sleep(1)
