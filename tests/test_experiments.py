@@ -67,8 +67,8 @@ def test_tiny_compare_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
 
 def test_tiny_continual_retention_matrices(tmp_path):
     config = Config().replace(**{**TINY, "steps": 1})
-    report = continual(["knowledge", "tooluse"], config, out_dir=tmp_path / "seq", eval_limit=3,
-                       eval_max_new_tokens=8, progress=False, log=lambda _: None)
+    report = continual(["knowledge", "tooluse"], config, out_dir=tmp_path / "seq", eval_limit=2,
+                       eval_max_new_tokens=4, progress=False, log=lambda _: None)
     assert report["columns"] == ["knowledge", "tooluse", "skills_probe"]
     assert report["stages"] == ["base", "after knowledge", "after tooluse"]
     for method in ("sft", "sdft"):
