@@ -181,6 +181,7 @@ class TrainingWorker:
         self._started = self._last_step_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.teacher_check = ""  # the quick teacher check's verdict, before SDFT training
 
     # -- controls --
     def start(self, config: Config, examples: list[Example]) -> Path:
@@ -242,7 +243,7 @@ class TrainingWorker:
         if self.state == "failed":
             return Status("failed", step, self._steps, f"{head} · failed: {self.error}", self.run_dir)
         if self.state == "loading":
-            text = f"{head} · loading the model… ({format_seconds(time.time() - self._started)})"
+            text = f"{head} · loading the model, checking the teacher… ({format_seconds(time.time() - self._started)})"
             return Status("loading", step, self._steps, text, self.run_dir)
         elapsed = records[-1]["elapsed_s"] if records else 0.0
         if self.state in ("training", "stopping"):
@@ -257,6 +258,8 @@ class TrainingWorker:
             text += f" · loss {last['loss']:.4f}" + ("" if last["mean_kl"] is None else f" · mean KL {last['mean_kl']:.4f}")
         text += {"training": "", "stopping": " · stopping after this step…", "done": " · done",
                  "stopped": " · stopped (Resume continues from the checkpoint)"}[self.state]
+        if self.teacher_check:
+            text += "\n\n" + self.teacher_check
         return Status(self.state, step, self._steps, text, self.run_dir)
 
     # -- the thread --
@@ -265,7 +268,7 @@ class TrainingWorker:
             raise BusyError("A training run is already in progress (one at a time). Stop it or wait for it to finish.")
 
     def _launch(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
-        self.run_dir, self.state, self.error = run_dir, "loading", ""
+        self.run_dir, self.state, self.error, self.teacher_check = run_dir, "loading", "", ""
         self._records = _read_records(run_dir) if resume else []
         self._first_step = self._records[-1]["step"] if self._records else 0
         self._steps = config.train.steps
@@ -280,6 +283,10 @@ class TrainingWorker:
 
         try:
             trainer = Trainer(config, examples, run_dir, resume=resume)
+            if config.train.method == "sdft" and not resume:
+                from .check import quick_check
+
+                self.teacher_check = quick_check(trainer).summary()  # shown under the status line
             self._records = _read_records(run_dir)  # resume trims steps logged after the checkpoint
             self.state, self._last_step_at = "training", time.time()
             stopped = self._stop.is_set()

@@ -347,3 +347,18 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
                         scorer=scorer if isinstance(scorer, str) or scorer is None else "custom",
                         results=results, best=best.template, verdict=best.verdict, advice=advice,
                         seconds=round(time.perf_counter() - start, 2))
+
+
+def quick_check(trainer) -> TeacherCheck:
+    """The short check run before SDFT training (CLI and app): 8 records, the run's template.
+
+    Runs on the trainer's fresh adapter (a no-op, so this is the base model as teacher)
+    and saves teacher_check.json in the run directory, if there is one.
+    """
+    config = trainer.config
+    check = check_teacher(trainer.model, trainer.tokenizer, trainer.examples, templates=[config.teacher.template],
+                          n=8, max_new_tokens=min(32, config.rollout.max_new_tokens), seed=config.train.seed,
+                          skip_first=config.loss.skip_first)
+    if trainer.out_dir is not None:
+        check.save(trainer.out_dir / "teacher_check.json")
+    return check

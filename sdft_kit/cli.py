@@ -59,13 +59,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
     trainer = Trainer(config, examples, out, resume=args.resume)
     if config.train.method == "sdft" and not args.resume and not args.skip_check:
-        from .check import check_teacher
+        from .check import quick_check
 
-        # A quick look (a few seconds) at whether the model can teach itself; the fresh adapter is a no-op.
-        check = check_teacher(trainer.model, trainer.tokenizer, examples, templates=[config.teacher.template], n=8,
-                              max_new_tokens=min(32, config.rollout.max_new_tokens), seed=config.train.seed,
-                              skip_first=config.loss.skip_first)
-        check.save(out / "teacher_check.json")
+        # A few seconds' look at whether the model can teach itself on this data.
+        check = quick_check(trainer)
         print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
     for record in trainer.steps():
         _print_step(record)

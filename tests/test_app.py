@@ -1,5 +1,6 @@
 """The web app's handlers as plain functions (sdft_kit.app_logic): no gradio, no browser."""
 
+import json
 import time
 import zipfile
 
@@ -102,6 +103,9 @@ def test_worker_trains_stops_resumes_and_exports(tmp_path):
     assert f"step {status.step}/20, elapsed " in status.text and " < remaining " in status.text
     assert (run_dir / "checkpoint" / "trainer_state.json").is_file() and (run_dir / "adapter").is_dir()
     assert len(logic.load_examples(run_dir / "data.jsonl")) == 24  # the run keeps its own data for resuming
+    # the teacher check ran before SDFT training: saved in the run and shown under the status line
+    assert json.loads((run_dir / "teacher_check.json").read_text())["verdict"] in ("ready", "weak", "not ready")
+    assert "\n\nTeacher check (8 records" in status.text
 
     stopped_at = status.step
     worker.resume(run_dir, steps=stopped_at + 1)
