@@ -147,10 +147,10 @@ def build(runs_dir: str = "runs", max_upload_mb: int = 20, threads: int = 1) -> 
         records = worker.records()
         key = (str(status.run_dir), len(records), status.state)
         if key == tuple(seen or ()):  # nothing new: keep the figures as they are
-            return status.text, gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
+            return status.markdown, gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
         if not records:
-            return status.text, None, None, None, gr.skip(), list(key)
-        return (status.text, views.curves(records), *token_views(records[-1], metric), list(key))
+            return status.markdown, None, None, None, gr.skip(), list(key)
+        return (status.markdown, views.curves(records), *token_views(records[-1], metric), list(key))
 
     def on_token(metric, position=None):
         records = worker.records()

@@ -163,6 +163,12 @@ class Status:
     steps: int
     text: str  # "step 3/5, elapsed 0:42 < remaining 1:10 · loss ..." or what happened
     run_dir: Path | None
+    teacher_check: str = ""  # the quick teacher check's verdict, before SDFT training
+
+    @property
+    def markdown(self) -> str:
+        """What the page shows: the status line, then the teacher check under it."""
+        return self.text + (f"\n\n{self.teacher_check}" if self.teacher_check else "")
 
 
 class TrainingWorker:
@@ -244,7 +250,7 @@ class TrainingWorker:
             return Status("failed", step, self._steps, f"{head} · failed: {self.error}", self.run_dir)
         if self.state == "loading":
             text = f"{head} · loading the model, checking the teacher… ({format_seconds(time.time() - self._started)})"
-            return Status("loading", step, self._steps, text, self.run_dir)
+            return Status("loading", step, self._steps, text, self.run_dir, self.teacher_check)
         elapsed = records[-1]["elapsed_s"] if records else 0.0
         if self.state in ("training", "stopping"):
             elapsed += time.time() - self._last_step_at  # the step under way
@@ -258,9 +264,7 @@ class TrainingWorker:
             text += f" · loss {last['loss']:.4f}" + ("" if last["mean_kl"] is None else f" · mean KL {last['mean_kl']:.4f}")
         text += {"training": "", "stopping": " · stopping after this step…", "done": " · done",
                  "stopped": " · stopped (Resume continues from the checkpoint)"}[self.state]
-        if self.teacher_check:
-            text += "\n\n" + self.teacher_check
-        return Status(self.state, step, self._steps, text, self.run_dir)
+        return Status(self.state, step, self._steps, text, self.run_dir, self.teacher_check)
 
     # -- the thread --
     def _take_lock(self) -> None:

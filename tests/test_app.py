@@ -105,7 +105,8 @@ def test_worker_trains_stops_resumes_and_exports(tmp_path):
     assert len(logic.load_examples(run_dir / "data.jsonl")) == 24  # the run keeps its own data for resuming
     # the teacher check ran before SDFT training: saved in the run and shown under the status line
     assert json.loads((run_dir / "teacher_check.json").read_text())["verdict"] in ("ready", "weak", "not ready")
-    assert "\n\nTeacher check (8 records" in status.text
+    assert status.teacher_check.startswith("Teacher check (8 records")
+    assert status.markdown == status.text + "\n\n" + status.teacher_check
 
     stopped_at = status.step
     worker.resume(run_dir, steps=stopped_at + 1)

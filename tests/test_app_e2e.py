@@ -78,11 +78,13 @@ def test_upload_train_and_read_back_the_plots_over_http(app, tmp_path):
     assert "already in progress" in busy
     deadline = time.time() + 240
     while True:
-        text, curves, strip, detail, position = client.predict("log_ratio", api_name="/poll")
+        shown, curves, strip, detail, position = client.predict("log_ratio", api_name="/poll")
+        text = shown.split("\n\n")[0]  # the status line; the teacher check's verdict follows it
         if text.endswith("done") or "failed" in text or time.time() > deadline:
             break
         time.sleep(1)
     assert text.startswith("step 2/2, elapsed ") and text.endswith("done"), text
+    assert "\n\nTeacher check (8 records" in shown  # run before SDFT training, shown under the status
     curves = json.loads(curves["plot"])
     loss = [trace for trace in curves["data"] if trace["name"] == "SDFT loss"][0]
     assert loss["x"] == [1, 2] and all(y > 0 for y in loss["y"])
