@@ -29,10 +29,8 @@ SYSTEM_TEMPLATE = "Here is an example of a good response to the user's next ques
 TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": PLAIN_TEMPLATE, "system": SYSTEM_TEMPLATE}
 
 
-def _help(default: Any, text: str, **kwargs: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata={"help": text, **kwargs})
-    return field(default=default, metadata={"help": text, **kwargs})
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:

@@ -69,7 +69,20 @@ def token_divergence(
     vocab="sampled": the two buckets {sampled token, rest}; teacher_logprobs is
         (B, C, 2) as made by `to_buckets(teacher_full, completion_ids[..., None])`.
     """
-    student_logprobs = F.log_softmax(student_logits.float(), dim=-1)
+    return logprob_divergence(F.log_softmax(student_logits.float(), dim=-1), teacher_logprobs, completion_ids,
+                              alpha=alpha, vocab=vocab, teacher_indices=teacher_indices)
+
+
+def logprob_divergence(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    completion_ids: torch.Tensor,
+    *,
+    alpha: float = 0.0,
+    vocab: str = "full",
+    teacher_indices: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`token_divergence` from the student's log-probs, for callers that need them too."""
     if vocab == "full":
         return divergence(student_logprobs, teacher_logprobs, alpha)
     if vocab == "topk":

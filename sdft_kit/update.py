@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
 from .config import LossConfig, TrainConfig
-from .losses import sequence_mean, sft_loss, skip_first, token_divergence
+from .losses import logprob_divergence, sequence_mean, sft_loss, skip_first
 from .rollout import Completions
 from .scoring import TeacherScores, completion_logits, lora_parameters
 
@@ -29,9 +29,10 @@ class StudentScores:
     top_logprobs: torch.Tensor
 
 
-def _student_view(logits: torch.Tensor, batch: Completions, record_k: int):
+def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
+    """The sampled token's log-prob and the top-k, for the step records (no gradient)."""
+    logprobs = logprobs.detach()
     with torch.no_grad():
-        logprobs = F.log_softmax(logits.detach().float(), dim=-1)
         sampled = logprobs.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
         top = logprobs.topk(record_k, dim=-1)
     return sampled, top.indices, top.values
@@ -42,18 +43,21 @@ def distill_loss(model, student_prompt_ids: torch.Tensor, student_prompt_mask: t
     """Per-token divergence to the teacher, mean per sequence, then over the batch."""
     config = config or LossConfig()
     logits = completion_logits(model, student_prompt_ids, student_prompt_mask, batch)
-    per_token = token_divergence(logits, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
-                                 vocab=config.vocab, teacher_indices=teacher.indices)
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # once: for the loss and for the records
+    per_token = logprob_divergence(logprobs, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
+                                   vocab=config.vocab, teacher_indices=teacher.indices)
     mask = skip_first(batch.completion_mask, config.skip_first)
     loss = sequence_mean(per_token, mask)
-    return StudentScores(loss, per_token.detach(), mask, *_student_view(logits, batch, record_k))
+    return StudentScores(loss, per_token.detach(), mask, *_student_view(logprobs, batch, record_k))
 
 
 def demonstration_loss(model, batch: Completions, record_k: int = 5) -> StudentScores:
     """SFT: cross-entropy of the demonstration tokens given the student prompt."""
     logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
     loss, nll = sft_loss(logits, batch.completion_ids, batch.completion_mask)
-    return StudentScores(loss, nll.detach(), batch.completion_mask, *_student_view(logits, batch, record_k))
+    with torch.no_grad():
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+    return StudentScores(loss, nll.detach(), batch.completion_mask, *_student_view(logprobs, batch, record_k))
 
 
 def make_optimizer(model, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
