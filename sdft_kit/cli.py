@@ -10,13 +10,12 @@ import argparse
 import os
 import sys
 import time
-from importlib.resources import files
 from pathlib import Path
 
 from .config import Config, fields_by_section
-from .data import DataError, load_examples
+from .data import SAMPLE_DATA, DataError, load_examples
 
-DEMO_DATA = files("sdft_kit") / "samples" / "demo.jsonl"
+DEMO_DATA = SAMPLE_DATA
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,9 +100,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .config import ModelConfig
-    from .demos import render
     from .models import load_adapter, load_model
-    from .rollout import generate_text
+    from .rollout import chat
 
     run_config = Path(args.adapter).parent / "config.yaml" if args.adapter else None
     if run_config is not None and run_config.is_file() and args.model is None:
@@ -114,10 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         model, tokenizer = load_adapter(args.adapter, model_config)
     else:
         model, tokenizer = load_model(model_config.model, model_config)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}]
-    print(generate_text(model, tokenizer, [render(tokenizer, messages)], max_new_tokens=args.max_new_tokens,
-                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0)[0])
+    print(chat(model, tokenizer, args.prompt, args.max_new_tokens, system=args.system, temperature=args.temperature))
 
 
 def cmd_check_teacher(args: argparse.Namespace) -> None:
@@ -148,11 +143,11 @@ def cmd_check_teacher(args: argparse.Namespace) -> None:
 # `compare` defaults: sized so `sdft-kit compare --task knowledge` runs in under 20 minutes on
 # 2 CPU cores with the embedded model (SDFT ~10 s a step there, SFT ~3 s, evals ~1-2 min each).
 # lr 3e-3: with 1e-3 and 30 steps SFT learned 1 of 56 knowledge answers; with 3e-3 and 40 steps, 8.
-COMPARE_DEFAULTS = {"steps": 40, "batch_size": 4, "max_new_tokens": 40, "learning_rate": 3e-3, "threads": 1,
-                    "save_every": 1000}
 
 
 def _experiment_config(args: argparse.Namespace) -> Config:
+    from .experiments import COMPARE_DEFAULTS
+
     config = Config.load(args.config) if args.config else Config().replace(**COMPARE_DEFAULTS)
     overrides = {name: getattr(args, name) for _, f in fields_by_section() if hasattr(args, name := f.name)}
     return config.replace(**overrides)

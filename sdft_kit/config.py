@@ -42,7 +42,8 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
 class ModelConfig:
     model: str = _help("embedded", "'embedded' (SmolLM2-135M-Instruct, offline), a Hugging Face id or a local path")
     load_in_4bit: bool | None = _help(None, "4-bit NF4 base (QLoRA); default: on when CUDA is available")
-    dtype: str = _help("auto", "'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16' or 'float16'")
+    dtype: str = _help("auto", "'auto' (bf16 on CUDA, fp16 on GPUs without bf16 such as the T4, fp32 on CPU), "
+                      "'float32', 'bfloat16' or 'float16'")
     device: str = _help("auto", "'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'")
     lora_r: int = _help(16, "LoRA rank")
     lora_alpha: int = _help(32, "LoRA scaling alpha")

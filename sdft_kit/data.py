@@ -31,6 +31,10 @@ class DataError(ValueError):
     and says what to do."""
 
 
+# The bundled samples: demo.jsonl (24 short Q&A in the form "Answer: ...") and the same as demo.csv.
+SAMPLES_DIR = Path(__file__).parent / "samples"
+SAMPLE_DATA = SAMPLES_DIR / "demo.jsonl"
+
 @dataclass(frozen=True)
 class Example:
     """One training example: the chat query and the expert answer to it."""

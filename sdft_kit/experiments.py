@@ -24,6 +24,9 @@ from .evaluate import EvalItem, evaluate
 from .tasks import Task, load_task
 
 METHODS = ("sft", "sdft")
+# What `sdft-kit compare` / `continual` run unless told otherwise (the rest: Config's defaults).
+COMPARE_DEFAULTS = {"steps": 40, "batch_size": 4, "max_new_tokens": 40, "learning_rate": 3e-3, "threads": 1,
+                    "save_every": 1000}
 PROBE = "skills_probe"
 
 
@@ -135,6 +138,25 @@ def compare(task: str | Task, config: Config, *, seeds: int = 1, out_dir: str | 
     write_html(report, out / "report.html", {f"{r['method']} seed {r['seed']}": out / r["run_dir"] for r in runs})
     log(format_table(report))
     return report
+
+
+def side_by_side(report: dict, part: str = "new_task", seed: int | None = None) -> list[dict]:
+    """Each question of a compare report with the base, SFT and SDFT answers (of one seed, default the first).
+
+    part: 'new_task' or 'previous_skills'. A row: prompt, group, accepted answers, then per method
+    its output and whether it was scored right."""
+    seed = report["seeds"][0] if seed is None else seed
+    sources = {"base": report["base_eval"][part]}
+    sources.update({r["method"]: r["eval"][part] for r in report["runs"] if r["seed"] == seed})
+    rows = []
+    for i, item in enumerate(sources["base"]["items"]):
+        row = {"prompt": item["prompt"], "group": item["group"], "answers": " | ".join(item["answers"])}
+        for method, result in sources.items():
+            name = method if method == "base" else method.upper()
+            row[name] = result["items"][i]["output"]
+            row[f"{name} right"] = result["items"][i]["correct"]
+        rows.append(row)
+    return rows
 
 
 def summarize(base: dict, runs: list[dict]) -> dict:

@@ -78,14 +78,17 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        # bf16 where the GPU has it natively (Ampere and later); fp16 on older cards such as the T4
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return getattr(torch, dtype)
 
 
 def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The base model (no adapter) and its tokenizer, ready for `add_lora`.
 
-    On CUDA the default is 4-bit NF4 with double quantization and bf16 compute
+    On CUDA the default is 4-bit NF4 with double quantization and bf16 compute (fp16 without bf16)
     (QLoRA); on CPU, full precision (NF4 works on CPU but is ~3x slower).
     """
     config = config or ModelConfig(model=name)
@@ -106,7 +109,7 @@ def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device.index or 0}
     try:
@@ -156,3 +159,19 @@ def load_adapter(adapter_dir: str | Path, config: ModelConfig | None = None):
         raise RuntimeError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
     model, tokenizer = load_model(config.model if config else EMBEDDED, config)
     return PeftModel.from_pretrained(model, adapter_dir), tokenizer
+
+
+def memory_report(device: str | torch.device | None = None) -> dict[str, float]:
+    """Memory in MB: the process's peak RSS and, on CUDA, allocated now, peak allocated, reserved and total."""
+    import resource
+
+    report = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    device = torch.device(device) if device is not None else resolve_device("auto")
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        report.update(allocated_mb=torch.cuda.memory_allocated(device) / 2**20,
+                      peak_allocated_mb=torch.cuda.max_memory_allocated(device) / 2**20,
+                      reserved_mb=torch.cuda.memory_reserved(device) / 2**20,
+                      total_mb=total / 2**20)
+    return {k: round(v, 1) for k, v in report.items()}
+

@@ -103,6 +103,13 @@ class Trainer:
         self.examples_seen += count
         return indices
 
+    def peek_indices(self) -> list[int]:
+        """The example indices of the next micro-batch, without moving the data position."""
+        seen = self.examples_seen
+        indices = self._next_indices(self.config.train.batch_size)
+        self.examples_seen = seen
+        return indices
+
     def _micro_batch(self, timings: dict) -> tuple[float, float, int, dict]:
         """Forward and backward one micro-batch; returns (loss, KL sum, tokens, sample record)."""
         cfg = self.config

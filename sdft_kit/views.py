@@ -5,6 +5,9 @@
     curves(*runs)             loss and mean KL per step, raw points and a smoothed line
     retention_matrix(...)     score on each task after each stage of a sequential run
     before_after(...)         one prompt: base answer, trained answer, teacher's answer
+    token_change(a, b)        one completion's per-token loss before and after an update
+    compare_scores(report)    new-task and previous-skills scores per method (a compare report)
+    batch_html(...)           a batch as the model sees it: which tokens are context, which are trained
     export_token_html(...)    strip + detail as one self-contained HTML file
 
 Every figure reads only what a record of `metrics.jsonl` holds (see `trainer.sample_record`),
@@ -378,6 +381,85 @@ def before_after(prompt: str, base_answer: str, trained_answer: str, teacher_ans
     fig.update_layout(title=dict(text=f"prompt: {escaped(_short(prompt, 120))}", font=dict(size=15)),
                       height=min(180 + 22 * lines, 900), margin=dict(l=10, r=10, t=50, b=10))
     return fig
+
+
+def token_change(before: dict, after: dict, metric: str | None = None) -> go.Figure:
+    """The same completion's per-token values in two records (e.g. before and after an update).
+
+    Both records must hold the same tokens. Bars per position: grey before, blue after;
+    positions outside the loss are faded. The title gives the mean over the tokens in the
+    loss and how many of them went down."""
+    a, b = before.get("sample") or {}, after.get("sample") or {}
+    if a.get("token_ids") != b.get("token_ids"):
+        raise ValueError("token_change needs two records of the same completion (their token_ids differ)")
+    metric = metric or ("kl" if a.get("teacher_logprob") is not None else "nll")
+    label = METRICS[metric][0]
+    x = [f"{i}:{display_token(t)}" for i, t in enumerate(a["tokens"])]
+    va, vb = token_values(a, metric), token_values(b, metric)
+    in_loss = a.get("in_loss") or [1] * len(x)
+    used = [i for i, keep in enumerate(in_loss) if keep and math.isfinite(va[i]) and math.isfinite(vb[i])]
+    mean_a = sum(va[i] for i in used) / max(len(used), 1)
+    mean_b = sum(vb[i] for i in used) / max(len(used), 1)
+    down = sum(vb[i] < va[i] for i in used)
+    opacity = [1.0 if keep else 0.35 for keep in in_loss]
+    fig = go.Figure([
+        go.Bar(x=x, y=va, name=before.get("label", "before"), marker=dict(color="#999999", opacity=opacity)),
+        go.Bar(x=x, y=vb, name=after.get("label", "after"), marker=dict(color=BLUE, opacity=opacity)),
+    ])
+    fig.update_layout(barmode="group", template="plotly_white", height=340, margin=dict(l=50, r=20, t=70, b=90),
+                      title=f"{label}: mean {mean_a:.3f} → {mean_b:.3f}; lower on {down} of {len(used)} tokens",
+                      legend=dict(orientation="h", y=1.12, x=0), xaxis=dict(tickangle=-60, tickfont=dict(size=10)))
+    return fig
+
+
+def compare_scores(report: dict) -> go.Figure:
+    """Bars of a compare report: score on the new task and on previous skills, per method
+    (mean over seeds, with the std as error bars when there are several)."""
+    table = report["table"]
+    methods = list(table)
+    fig = go.Figure()
+    for key, name, colour in (("new_task", f"new task ({report['task']})", BLUE),
+                              ("previous_skills", "previous skills (probe)", "#5aae61")):
+        means = [table[m][key]["mean"] * 100 for m in methods]
+        stds = [table[m][key]["std"] * 100 for m in methods]
+        fig.add_trace(go.Bar(x=[m.upper() if m != "base" else m for m in methods], y=means, name=name,
+                             marker_color=colour, text=[f"{v:.1f}" for v in means], textposition="outside",
+                             error_y=dict(type="data", array=stds, visible=len(report["seeds"]) > 1)))
+    fig.update_layout(barmode="group", template="plotly_white", height=360, yaxis=dict(title="score %",
+                      range=[0, 110]), title=f"{report['task']}: learned (new task) vs kept (previous skills)",
+                      margin=dict(l=50, r=20, t=70, b=40), legend=dict(orientation="h", y=1.12, x=0))
+    return fig
+
+
+def batch_html(tokenizer, batch, loss_mask, rows: list[int] | None = None) -> str:
+    """A batch as the model sees it, token by token, as HTML (display it with IPython's HTML).
+
+    Grey: the prompt (chat template applied), context only. Green: completion tokens in the
+    loss. Amber: completion tokens outside it (skip_first). Padding is left out."""
+    style = {"prompt": "background:#eeeeee;color:#555", "loss": "background:#c7e9c0",
+             "skipped": "background:#fdd49e"}
+
+    def span(text: str, kind: str) -> str:
+        return f"<span style='{style[kind]};margin:1px;padding:0 2px;border-radius:3px'>{html.escape(text)}</span>"
+
+    def token(token_id: int, kind: str) -> str:
+        return span(display_token(tokenizer.decode([token_id])), kind)
+
+    rows = range(batch.completion_ids.shape[0]) if rows is None else rows
+    legend = (("prompt", "prompt: context, not trained"), ("loss", "completion: in the loss"),
+              ("skipped", "completion: not in the loss"))
+    parts = ["<div style='font-family:monospace;font-size:13px;line-height:1.9'>",
+             "<p>" + " ".join(span(label, kind) for kind, label in legend) + "</p>"]
+    for row in rows:
+        prompt = [int(t) for t, m in zip(batch.prompt_ids[row], batch.prompt_mask[row]) if m]
+        completion = [(int(t), int(k)) for t, m, k in zip(batch.completion_ids[row], batch.completion_mask[row],
+                                                           loss_mask[row]) if m]
+        trained = sum(k for _, k in completion)
+        parts.append(f"<p><b>row {row}</b>: {len(prompt)} prompt tokens, {len(completion)} completion tokens, "
+                     f"{trained} in the loss<br>"
+                     + "".join(token(t, "prompt") for t in prompt)
+                     + "".join(token(t, "loss" if k else "skipped") for t, k in completion) + "</p>")
+    return "".join(parts) + "</div>"
 
 
 # -- static HTML export ----------------------------------------------------------------------
