@@ -9,7 +9,7 @@ TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' 2>/dev/null && echo --system-site-packages)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test bench app clean
+.PHONY: install demo test bench app notebooks notebook-times strip clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,19 @@ bench: install
 
 app: install
 	$(VENV)/bin/python app.py
+
+# JupyterLab on the notebooks, in the same .venv (adds the `notebooks` extra).
+notebooks: install
+	$(PY) -m pip install -q -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab notebooks/
+
+# Each notebook top to bottom with its default parameters, timed (an idle machine, please).
+notebook-times: install
+	$(PY) benchmarks/notebook_times.py
+
+# Notebooks are committed without outputs: run this before `git add notebooks/`.
+strip: install
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -31,7 +31,7 @@ def settings(args: argparse.Namespace) -> dict:
     return {
         "model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "lora_r": 16, "lora_target": "all-linear", "teacher": args.teacher, "vocab": args.vocab, "topk": args.topk,
-        "alpha": 0.0, "threads": args.threads, "chunk_size": args.chunk_size,
+        "alpha": 0.0, "threads": args.threads, "chunk_size": args.chunk_size, "dtype": args.dtype,
         "warmup_steps": args.warmup, "measured_steps": args.steps,
     }
 
@@ -47,7 +47,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
     config = Config().replace(
         model=args.model, method=method, steps=args.warmup + args.steps, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk,
-        alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0, chunk_size=args.chunk_size,
+        alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype,
     )
     trainer = Trainer(config, load_examples(DEMO_DATA))
     records = trainer.train(progress=False)[args.warmup:]
@@ -105,7 +105,7 @@ def trl_worker(args: argparse.Namespace) -> dict:
             num_loss_tokens_to_skip=3,
             teacher_prompt_template=PAPER_TEMPLATE.replace("{demonstration}", "{privileged_context}"),
             bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
-            logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": torch.float32},
+            logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": getattr(torch, args.dtype)},
         )
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SDFTTrainer(model=model, args=config, train_dataset=data, peft_config=lora, callbacks=[timer])
@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--vocab", default="topk")
     parser.add_argument("--topk", type=int, default=100)
     parser.add_argument("--chunk-size", type=int, default=1, help="sdft-kit rows per teacher/student pass (0 = all)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="base weights' dtype, for every method (LoRA stays float32)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="measured steps after warm-up")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -168,7 +170,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"embedded model, batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, "
+    print(f"embedded model ({args.dtype}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, "
           f"teacher {args.teacher}, vocab {args.vocab}, {args.threads} thread(s)")
     print(f"{'method':<9}{'s/step':>8}{'rollout':>9}{'teacher':>9}{'student':>9}{'optim':>8}{'tok/s':>8}{'peak RSS':>11}")
     for name, r in results.items():

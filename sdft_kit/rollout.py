@@ -57,11 +57,13 @@ def merged_lora(model):
     """Fold the LoRA update into the base weights while decoding.
 
     Each adapted layer then does one matmul per token instead of three, with the
-    same weights in memory (W + BA in place, subtracted again on exit; the round
-    trip changes W by float rounding only). Skipped for 4-bit bases, where merging
-    would re-quantize, and for models without an adapter.
+    same weights in memory (W + BA in place, subtracted again on exit; in float32 the
+    round trip changes W by float rounding only, ~1e-7). Skipped for models without an
+    adapter, for 4-bit bases (merging would re-quantize) and for 16-bit bases, where
+    each round trip would move the frozen weights by a 16-bit rounding step.
     """
-    if not callable(getattr(model, "merge_adapter", None)) or is_quantized(model):
+    if (not callable(getattr(model, "merge_adapter", None)) or is_quantized(model)
+            or getattr(model, "dtype", torch.float32) != torch.float32):
         yield
         return
     model.merge_adapter()

@@ -5,7 +5,8 @@ import torch
 
 from sdft_kit.cli import main
 from sdft_kit.config import Config
-from sdft_kit.experiments import continual, format_table, mean_std, summarize
+from sdft_kit.experiments import continual, format_table, mean_std, side_by_side, summarize
+from sdft_kit.views import compare_scores
 
 torch.set_num_threads(1)
 TINY = dict(steps=2, batch_size=2, max_new_tokens=8, threads=1, save_every=100)
@@ -55,6 +56,14 @@ def test_tiny_compare_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
     for run in report["runs"]:  # normal run directories, so curves can be re-plotted
         assert len((out / run["run_dir"] / "metrics.jsonl").read_text().splitlines()) == 2
         assert len(run["eval"]["new_task"]["items"]) == 4
+    rows = side_by_side(report, "new_task")
+    assert len(rows) == 4 and rows[0]["prompt"] == report["base_eval"]["new_task"]["items"][0]["prompt"]
+    sdft = next(r for r in report["runs"] if r["method"] == "sdft")["eval"]["new_task"]["items"]
+    assert [r["SDFT"] for r in rows] == [i["output"] for i in sdft]
+    assert [r["SDFT right"] for r in rows] == [i["correct"] for i in sdft]
+    bars = compare_scores(report)
+    assert [list(b.y) for b in bars.data] == [[table[m][k]["mean"] * 100 for m in ("base", "sft", "sdft")]
+                                             for k in ("new_task", "previous_skills")]
     page = (out / "report.html").read_text()
     assert "Plotly.newPlot" in page and "<table>" in page
     assert "<script src=" not in page and len(page) > 3_000_000  # self-contained: plotly.js inlined

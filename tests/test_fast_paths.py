@@ -58,3 +58,18 @@ def test_merged_lora_decoding_matches_plain_decoding(demo_examples, monkeypatch)
     plain = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=16), do_sample=False)
     assert torch.equal(merged.completion_ids, plain.completion_ids)
     assert torch.equal(merged.completion_mask, plain.completion_mask)
+
+
+def test_16_bit_bases_are_not_merged_so_their_frozen_weights_stay_exact(demo_examples):
+    from sdft_kit import ModelConfig
+
+    model, tokenizer = load_model("embedded", ModelConfig(dtype="bfloat16"))
+    model = add_lora(model, seed=0)
+    with torch.no_grad():
+        for p in lora_parameters(model).values():
+            p.add_(0.05)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    rollout(model, tokenizer, [student_prompt(tokenizer, demo_examples[0])], RolloutConfig(max_new_tokens=4))
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p.detach(), base[name]), name  # a bf16 merge round trip would have moved them

@@ -128,3 +128,12 @@ def test_teacher_prompt_tokens_contain_the_demonstration(model_and_tokenizer, de
     text = teacher_prompt(tokenizer, ex, [ex.demonstration])
     ids, mask = tokenize_prompts(tokenizer, [text], torch.device("cpu"))
     assert tokenizer.decode(ids[0]) == text  # the template's specials are not doubled
+
+
+def test_memory_report_and_auto_dtype_on_cpu():
+    from sdft_kit.models import memory_report, resolve_dtype
+
+    report = memory_report("cpu")
+    assert set(report) == {"peak_rss_mb"} and report["peak_rss_mb"] > 100  # torch alone takes more
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16

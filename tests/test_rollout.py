@@ -53,3 +53,14 @@ def test_demonstration_batch_ends_each_target_with_eos(model_and_tokenizer, demo
         assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(ids[:-1]) == ex.demonstration
     assert batch.texts(tokenizer) == [ex.demonstration for ex in examples]
+
+
+def test_chat_answers_one_message_like_generate_text_on_the_rendered_prompt(lora_model):
+    from sdft_kit import chat, generate_text
+    from sdft_kit.demos import render
+
+    model, tokenizer = lora_model
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 7 plus 5?"}]
+    expected = generate_text(model, tokenizer, [render(tokenizer, messages)], 12)[0]
+    assert chat(model, tokenizer, "What is 7 plus 5?", 12, system="Be brief.") == expected
+    assert chat(model, tokenizer, messages, 12) == expected

@@ -41,7 +41,11 @@ def test_ten_sdft_steps_lower_the_kl_on_fixed_completions(lora_model, demo_examp
 def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     model, tokenizer = lora_model
     config = Config().replace(steps=1, **TINY)
-    record = next(Trainer(config, demo_examples, tmp_path / "run", model=model, tokenizer=tokenizer).steps())
+    trainer = Trainer(config, demo_examples, tmp_path / "run", model=model, tokenizer=tokenizer)
+    first = trainer.peek_indices()
+    assert trainer.peek_indices() == first and trainer.examples_seen == 0  # peeking does not move the data
+    record = next(trainer.steps())
+    assert record["sample"]["source"] == demo_examples[first[0]].source  # the batch peeked is the one trained
     assert record["step"] == 1 and record["steps"] == 1 and record["method"] == "sdft"
     assert record["loss"] >= 0 and record["mean_kl"] >= 0 and record["tokens"] > 0
     assert set(record["seconds"]) == {"rollout", "teacher", "student", "optimizer", "total"}

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from sdft_kit.views import (DIVERGING, SAMPLED, SHARED, before_after, clamp, curves, display_token, escaped,
+from sdft_kit.views import (DIVERGING, SAMPLED, SHARED, batch_html, before_after, clamp, curves, display_token, escaped,
                             export_token_html, loudest_token, metrics_for, retention_matrix, robust_bounds, smooth,
-                            token_detail, token_strip, token_values, topk_entropy)
+                            token_change, token_detail, token_strip, token_values, topk_entropy)
 
 
 def make_record(step=1, tokens=("The", " answer", " is", "\n", "12", "<|im_end|>"), method="sdft", loss=0.5,
@@ -194,3 +194,32 @@ def test_views_import_no_ui_library():
             "print(sorted(m for m in ('ipywidgets', 'gradio', 'anywidget') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_token_change_compares_the_same_tokens_and_counts_what_went_down():
+    before = make_record(values=[0.5, 0.5, 0.5, 0.4, 0.3, 0.2])
+    after = make_record(values=[0.9, 0.9, 0.9, 0.1, 0.4, 0.1])  # positions 0-2 are outside the loss
+    fig = token_change(before, after)
+    assert [list(bar.y) for bar in fig.data] == [[0.5, 0.5, 0.5, 0.4, 0.3, 0.2], [0.9, 0.9, 0.9, 0.1, 0.4, 0.1]]
+    assert "mean 0.300 → 0.200; lower on 2 of 3 tokens" in fig.layout.title.text
+    other = make_record(tokens=("A", "B", "C", "D", "E", "F"))
+    with pytest.raises(ValueError, match="same completion"):
+        token_change(before, {**other, "sample": {**other["sample"], "token_ids": [9] * 6}})
+
+
+def test_batch_html_marks_prompt_trained_and_skipped_tokens():
+    import torch
+
+    from sdft_kit.rollout import Completions
+
+    class Tok:
+        def decode(self, ids):
+            return {1: "<q>", 2: " hi", 3: " yes", 4: "<end>", 0: "PAD"}[ids[0]]
+
+    batch = Completions(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]]), torch.tensor([[3, 3, 4, 0]]),
+                        torch.tensor([[1, 1, 1, 0]]))
+    page = batch_html(Tok(), batch, torch.tensor([[0, 1, 1, 0]]))
+    assert "2 prompt tokens, 3 completion tokens, 2 in the loss" in page
+    assert "PAD" not in page and "&lt;end&gt;" in page  # padding left out, tokens escaped
+    spans = page.split("</b>")[1]
+    assert spans.count("#eeeeee") == 2 and spans.count("#fdd49e") == 1 and spans.count("#c7e9c0") == 2
