@@ -140,11 +140,6 @@ def cmd_check_teacher(args: argparse.Namespace) -> None:
         print(f"saved to {check.save(Path(args.out) / 'teacher_check.json')}")
 
 
-# `compare` defaults: sized so `sdft-kit compare --task knowledge` runs in under 20 minutes on
-# 2 CPU cores with the embedded model (SDFT ~10 s a step there, SFT ~3 s, evals ~1-2 min each).
-# lr 3e-3: with 1e-3 and 30 steps SFT learned 1 of 56 knowledge answers; with 3e-3 and 40 steps, 8.
-
-
 def _experiment_config(args: argparse.Namespace) -> Config:
     from .experiments import COMPARE_DEFAULTS
 

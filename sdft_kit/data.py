@@ -35,6 +35,7 @@ class DataError(ValueError):
 SAMPLES_DIR = Path(__file__).parent / "samples"
 SAMPLE_DATA = SAMPLES_DIR / "demo.jsonl"
 
+
 @dataclass(frozen=True)
 class Example:
     """One training example: the chat query and the expert answer to it."""

@@ -161,17 +161,20 @@ def load_adapter(adapter_dir: str | Path, config: ModelConfig | None = None):
     return PeftModel.from_pretrained(model, adapter_dir), tokenizer
 
 
-def memory_report(device: str | torch.device | None = None) -> dict[str, float]:
-    """Memory in MB: the process's peak RSS and, on CUDA, allocated now, peak allocated, reserved and total."""
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MB (Linux reports KiB)."""
     import resource
 
-    report = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_report(device: str | torch.device | None = None) -> dict[str, float]:
+    """Memory in MB: the process's peak RSS and, on CUDA, allocated now, peak allocated, reserved and total."""
+    report = {"peak_rss_mb": peak_rss_mb()}
     device = torch.device(device) if device is not None else resolve_device("auto")
     if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
         report.update(allocated_mb=torch.cuda.memory_allocated(device) / 2**20,
                       peak_allocated_mb=torch.cuda.max_memory_allocated(device) / 2**20,
                       reserved_mb=torch.cuda.memory_reserved(device) / 2**20,
-                      total_mb=total / 2**20)
+                      total_mb=torch.cuda.mem_get_info(device)[1] / 2**20)
     return {k: round(v, 1) for k, v in report.items()}
-

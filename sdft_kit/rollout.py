@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .config import RolloutConfig
+from .demos import render
 
 
 @dataclass
@@ -155,7 +156,5 @@ def chat(model, tokenizer: PreTrainedTokenizerBase, message: str | list[dict], m
     messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
     if system:
         messages = [{"role": "system", "content": system}, *messages]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return generate_text(model, tokenizer, [prompt], max_new_tokens, do_sample=temperature > 0,
+    return generate_text(model, tokenizer, [render(tokenizer, messages)], max_new_tokens, do_sample=temperature > 0,
                          temperature=temperature or 1.0)[0]
-

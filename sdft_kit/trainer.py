@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import torch
 from .config import Config
 from .data import Example
 from .demos import DemoSelector, student_prompt, teacher_prompt
-from .models import add_lora, load_model
+from .models import add_lora, load_model, peak_rss_mb
 from .losses import skip_first
 from .rollout import Completions, demonstration_batch, rollout, tokenize_prompts, trim_left
 from .scoring import EMATeacher, TeacherScores, score_teacher
@@ -38,7 +37,7 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: max allocated on CUDA, the process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_mb()
 
 
 def sample_record(tokenizer, example: Example, batch: Completions, student: StudentScores,
