@@ -41,7 +41,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
     import torch
 
     from sdft_kit import Config, Trainer, load_examples
-    from sdft_kit.cli import DEMO_DATA
+    from sdft_kit import SAMPLE_DATA
 
     torch.set_num_threads(args.threads)
     config = Config().replace(
@@ -49,7 +49,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         max_new_tokens=args.max_new_tokens, lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk,
         alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype,
     )
-    trainer = Trainer(config, load_examples(DEMO_DATA))
+    trainer = Trainer(config, load_examples(SAMPLE_DATA))
     records = trainer.train(progress=False)[args.warmup:]
     phases = {k: statistics.median(r["seconds"][k] for r in records) for k in records[0]["seconds"]}
     rollout_s = sum(r["seconds"]["rollout"] for r in records)
@@ -74,12 +74,12 @@ def trl_worker(args: argparse.Namespace) -> dict:
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
     from sdft_kit import PAPER_TEMPLATE, load_examples
-    from sdft_kit.cli import DEMO_DATA
+    from sdft_kit import SAMPLE_DATA
     from sdft_kit.models import embedded_model_dir
     from sdft_kit.trainer import peak_memory_mb
 
     torch.set_num_threads(args.threads)
-    examples = load_examples(DEMO_DATA)
+    examples = load_examples(SAMPLE_DATA)
     data = Dataset.from_list([{"prompt": list(ex.messages), "privileged_context": ex.demonstration} for ex in examples])
     model = str(embedded_model_dir()) if args.model == "embedded" else args.model
 

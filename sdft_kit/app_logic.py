@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Config, fields_by_section
-from .data import SAMPLES_DIR, DataError, Example, load_examples
+from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, load_examples
 from .demos import DemoSelector, student_prompt, teacher_prompt
 
-SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLES_DIR / "demo.jsonl", "demo.csv (same, as CSV)": SAMPLES_DIR / "demo.csv"}
+SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (same, as CSV)": SAMPLES_DIR / "demo.csv"}
 UPLOAD_NAME = "uploaded file"
 # Divergence choices shown in the app, as the loss's alpha (see LossConfig).
 DIVERGENCES = {"forward KL (paper)": 0.0, "JSD (alpha 0.5)": 0.5, "reverse KL": 1.0}

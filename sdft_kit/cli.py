@@ -15,8 +15,6 @@ from pathlib import Path
 from .config import Config, fields_by_section
 from .data import SAMPLE_DATA, DataError, load_examples
 
-DEMO_DATA = SAMPLE_DATA
-
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for section, f in fields_by_section():
@@ -75,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .trainer import Trainer
 
     start = time.perf_counter()
-    examples = load_examples(DEMO_DATA)
+    examples = load_examples(SAMPLE_DATA)
     config = Config().replace(steps=args.steps, batch_size=4, max_new_tokens=48, learning_rate=1e-3,
                               teacher="base", threads=args.threads, save_every=args.steps)
     out = Path(args.out) if args.out else None

@@ -25,6 +25,6 @@ def lora_model(model_and_tokenizer):
 @pytest.fixture
 def demo_examples():
     from sdft_kit import load_examples
-    from sdft_kit.cli import DEMO_DATA
+    from sdft_kit import SAMPLE_DATA
 
-    return load_examples(DEMO_DATA)
+    return load_examples(SAMPLE_DATA)

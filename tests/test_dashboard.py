@@ -83,11 +83,11 @@ class RecordingClient(NotebookClient):
 SETUP = """\
 import json
 from sdft_kit import Config, Trainer, load_examples
-from sdft_kit.cli import DEMO_DATA
+from sdft_kit import SAMPLE_DATA
 from sdft_kit.dashboard import Dashboard
 
 # one torch thread: on a busy 2-core machine, two threads wait on each other far longer
-trainer = Trainer(Config().replace(steps=2, batch_size=2, max_new_tokens=8, threads=1), load_examples(DEMO_DATA))
+trainer = Trainer(Config().replace(steps=2, batch_size=2, max_new_tokens=8, threads=1), load_examples(SAMPLE_DATA))
 dash = Dashboard()
 display(dash.widget)
 """
