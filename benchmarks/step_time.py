@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py                      # embedded model, CPU, 1 thread
     python benchmarks/step_time.py --threads 2 --steps 8
+    python benchmarks/step_time.py --rollout-weights int8   # sample from a per-rollout int8 copy
 
 Each method runs in its own process so its peak RSS is its own. With the `bench`
 extra (trl) installed, TRL's experimental SDFTTrainer is measured too, on the same
@@ -32,6 +33,7 @@ def settings(args: argparse.Namespace) -> dict:
         "model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "lora_r": 16, "lora_target": "all-linear", "teacher": args.teacher, "vocab": args.vocab, "topk": args.topk,
         "alpha": 0.0, "threads": args.threads, "chunk_size": args.chunk_size, "dtype": args.dtype,
+        "rollout_weights": args.rollout_weights, "release_memory": args.release_memory,
         "warmup_steps": args.warmup, "measured_steps": args.steps,
     }
 
@@ -48,6 +50,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         model=args.model, method=method, steps=args.warmup + args.steps, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk,
         alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype,
+        weights=args.rollout_weights, release_memory=args.release_memory,
     )
     trainer = Trainer(config, load_examples(SAMPLE_DATA))
     records = trainer.train(progress=False)[args.warmup:]
@@ -60,6 +63,8 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         "rollout_tokens_per_s": sum(r["tokens"] for r in records) / rollout_s if rollout_s else None,
         "peak_rss_mb": records[-1]["peak_mem_mb"],
         "torch_threads": torch.get_num_threads(),
+        "is_weight_mean": (statistics.mean(r["is_weight"] for r in records)
+                           if records[0].get("is_weight") is not None else None),
     }
 
 
@@ -135,6 +140,12 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1, help="sdft-kit rows per teacher/student pass (0 = all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="base weights' dtype, for every method (LoRA stays float32)")
+    parser.add_argument("--rollout-weights", default="exact", choices=("exact", "int8"),
+                        help="sdft-kit SDFT's rollout weights (int8: sampled from an int8 copy, importance-weighted)")
+    parser.add_argument("--release-memory", default=True, action=argparse.BooleanOptionalAction,
+                        help="sdft-kit's train.release_memory (glibc gives freed memory back at once)")
+    parser.add_argument("--methods", default="sdft,sft,trl_sdft",
+                        help="comma-separated subset of sdft, sft, trl_sdft (trl_sdft needs trl)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="measured steps after warm-up")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -147,22 +158,23 @@ def main() -> None:
 
     argv = [a for a in sys.argv[1:]]
     start = time.perf_counter()
-    methods = ["sdft", "sft"]
-    if importlib.util.find_spec("trl") is not None:
-        methods.append("trl_sdft")
-    else:
-        print("trl is not installed (pip install 'sdft-kit[bench]'): TRL's SDFTTrainer is not measured")
+    methods = [m for m in ("sdft", "sft") if m in args.methods.split(",")]
+    if "trl_sdft" in args.methods.split(","):
+        if importlib.util.find_spec("trl") is not None:
+            methods.append("trl_sdft")
+        else:
+            print("trl is not installed (pip install 'sdft-kit[bench]'): TRL's SDFTTrainer is not measured")
     results = {m: run_child(m, argv) for m in methods}
-    sdft, sft, trl = results["sdft"], results["sft"], results.get("trl_sdft")
+    sdft, sft, trl = results.get("sdft"), results.get("sft"), results.get("trl_sdft")
     report = {
         "settings": settings(args),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "threads": args.threads,
-        "sdft_s_per_step": sdft["s_per_step"],
-        "sft_s_per_step": sft["s_per_step"],
+        "sdft_s_per_step": sdft["s_per_step"] if sdft else None,
+        "sft_s_per_step": sft["s_per_step"] if sft else None,
         "trl_sdft_s_per_step": trl["s_per_step"] if trl else None,
-        "ratio_sdft_sft": sdft["s_per_step"] / sft["s_per_step"],
-        "ratio_sdft_trl": sdft["s_per_step"] / trl["s_per_step"] if trl else None,
+        "ratio_sdft_sft": sdft["s_per_step"] / sft["s_per_step"] if sdft and sft else None,
+        "ratio_sdft_trl": sdft["s_per_step"] / trl["s_per_step"] if sdft and trl else None,
         "peak_rss_mb": {m: r["peak_rss_mb"] for m, r in results.items()},
         "methods": results,
         "wall_s": round(time.perf_counter() - start, 1),
@@ -170,7 +182,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"embedded model ({args.dtype}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, "
+    print(f"embedded model ({args.dtype}, rollout weights {args.rollout_weights}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, "
           f"teacher {args.teacher}, vocab {args.vocab}, {args.threads} thread(s)")
     print(f"{'method':<9}{'s/step':>8}{'rollout':>9}{'teacher':>9}{'student':>9}{'optim':>8}{'tok/s':>8}{'peak RSS':>11}")
     for name, r in results.items():
@@ -179,8 +191,11 @@ def main() -> None:
         optim = f"{p['optimizer']:>8.2f}" if p else f"{'-':>8}"
         tps = f"{r['rollout_tokens_per_s']:.0f}" if r["rollout_tokens_per_s"] else "-"
         print(f"{name:<9}{r['s_per_step']:>8.2f}{cells}{optim}{tps:>8}{r['peak_rss_mb']:>8.0f} MB")
-    trl_ratio = f", SDFT / TRL SDFT = {report['ratio_sdft_trl']:.2f}x" if trl else ""
-    print(f"SDFT / SFT = {report['ratio_sdft_sft']:.2f}x{trl_ratio}   (written to {args.out})")
+    ratios = [f"{name} = {report[key]:.2f}x" for name, key in
+              (("SDFT / SFT", "ratio_sdft_sft"), ("SDFT / TRL SDFT", "ratio_sdft_trl")) if report[key] is not None]
+    if sdft and sft:
+        ratios.append(f"peak RSS SDFT / SFT = {sdft['peak_rss_mb'] / sft['peak_rss_mb']:.2f}x")
+    print(", ".join(ratios) + f"   (written to {args.out})")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,12 @@ class RolloutConfig:
     temperature: float = _help(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)")
     generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)")
+    weights: str = _help("exact", "weights the student decodes with: 'exact' (its own) or 'int8' (a per-rollout "
+                                  "int8 copy, CPU only: faster sampling from a slightly different policy, corrected "
+                                  "by truncated importance sampling, see loss.is_cap)")
 
     def __post_init__(self) -> None:
+        _choice("weights", self.weights, ("exact", "int8"))
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
@@ -99,6 +103,8 @@ class LossConfig:
     vocab: str = _help("full", "distributions compared over: 'full' vocabulary, teacher 'topk' + tail, or 'sampled' token + rest")
     topk: int = _help(100, "k for vocab='topk'")
     skip_first: int = _help(3, "completion tokens left out of the loss at the start (paper: 3)")
+    is_cap: float = _help(2.0, "cap on the importance weight p_student/p_sampler of each token when rollouts come "
+                               "from other weights (rollout.weights='int8'), as the official code does for vLLM")
 
     def __post_init__(self) -> None:
         _choice("vocab", self.vocab, ("full", "topk", "sampled"))
@@ -106,6 +112,8 @@ class LossConfig:
             raise ValueError(f"alpha must be in [0, 1]; got {self.alpha}")
         if self.topk < 1 or self.skip_first < 0:
             raise ValueError("topk must be >= 1 and skip_first >= 0")
+        if self.is_cap < 1:
+            raise ValueError(f"is_cap must be >= 1; got {self.is_cap}")
 
 
 @dataclass
@@ -124,6 +132,8 @@ class TrainConfig:
     save_every: int = _help(25, "checkpoint every N steps (and at the end)")
     record_topk: int = _help(5, "top-k tokens kept per position in the step records")
     threads: int = _help(0, "torch CPU threads (0: leave torch's default)")
+    release_memory: bool = _help(True, "on Linux CPUs, give freed tensor memory back to the OS at once (glibc's "
+                                       "mmap threshold fixed at 128 KiB): lower peak RSS for a few % of time")
 
     def __post_init__(self) -> None:
         _choice("method", self.method, ("sdft", "sft"))

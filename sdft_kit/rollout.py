@@ -4,6 +4,11 @@ A `Completions` batch is the layout every later step works on:
     [ left-padded prompt (B, P) | completion (B, C), right-padded after EOS ]
 SFT uses the same layout with the demonstration as the completion, so scoring and
 the update are shared by both methods.
+
+Decoding is bound by reading the weights once per token. `rollout.weights='int8'`
+samples from an int8 copy of the current student instead (a quarter of the bytes);
+the copy is built per rollout and freed after it, and the log-probs of the sampled
+tokens under it are kept so the loss can correct for the mismatch (see update.py).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from .config import RolloutConfig
 from .demos import render
@@ -24,6 +29,10 @@ class Completions:
     prompt_mask: torch.Tensor  # (B, P), 1 on real prompt tokens
     completion_ids: torch.Tensor  # (B, C)
     completion_mask: torch.Tensor  # (B, C), 1 up to and including the first EOS
+    # For rollouts sampled from other weights (int8): log q(token) under the sampler, at
+    # the sampling temperature, (B, C). None when the student itself sampled.
+    sampler_logprobs: torch.Tensor | None = None
+    temperature: float = 1.0
 
     @property
     def num_tokens(self) -> int:
@@ -34,7 +43,9 @@ class Completions:
         prompt_ids, prompt_mask = trim_left(self.prompt_ids[rows], self.prompt_mask[rows])
         mask = self.completion_mask[rows]
         width = int(mask.sum(-1).max())
-        return Completions(prompt_ids, prompt_mask, self.completion_ids[rows, :width], mask[:, :width])
+        sampler = None if self.sampler_logprobs is None else self.sampler_logprobs[rows, :width]
+        return Completions(prompt_ids, prompt_mask, self.completion_ids[rows, :width], mask[:, :width], sampler,
+                           self.temperature)
 
     def texts(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return [
@@ -74,6 +85,105 @@ def merged_lora(model):
         model.unmerge_adapter()
 
 
+def _int8_rows(rows_of, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row, built in blocks of ~128 KiB of float32 rows.
+
+    Small blocks never need a full-size float temporary, and stay under glibc's mmap
+    threshold (see models.release_freed_memory), so they reuse memory without page faults.
+    """
+    q = torch.empty(shape, dtype=torch.int8)
+    scales = torch.empty(shape[0])
+    chunk = max(1, 32768 // shape[1])
+    for lo in range(0, shape[0], chunk):
+        w = rows_of(lo, min(lo + chunk, shape[0]))  # a fresh float32 tensor
+        s = w.abs().amax(1).clamp_(min=1e-12).div_(127)
+        q[lo:lo + len(w)] = w.div_(s[:, None]).round_()
+        scales[lo:lo + len(w)] = s
+    return q, scales.to(torch.bfloat16)
+
+
+def _int8_forward(q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x, *args, **kwargs):
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int8pack_mm(flat, q, scales).reshape(*x.shape[:-1], -1).to(x.dtype)
+        return y if bias is None else y + bias
+    return forward
+
+
+@contextlib.contextmanager
+def int8_weights(model):
+    """Decode with an int8 copy of every linear layer's current weights (LoRA folded in).
+
+    The copy is made from W + scaling * B @ A row block by row block, so the model's
+    own weights are never written; each layer's forward is swapped for an int8 matmul
+    (bf16 activations) and restored on exit. CPU only.
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+
+    if next(model.parameters()).device.type != "cpu" or is_quantized(model):
+        raise ValueError("rollout.weights='int8' is a CPU option for float models; on a GPU keep "
+                         "rollout.weights='exact' (the 4-bit or 16-bit base is already compact)")
+    inside_lora, targets = set(), []
+    for module in model.modules():
+        if isinstance(module, LoraLinear):
+            inside_lora.update(id(m) for m in module.modules() if m is not module)
+            if any(module.use_dora.get(a, False) for a in module.active_adapters):
+                raise ValueError("rollout.weights='int8' does not support DoRA adapters")
+            targets.append(module)
+        elif isinstance(module, torch.nn.Linear) and id(module) not in inside_lora:
+            targets.append(module)
+    with torch.no_grad():
+        for module in targets:
+            if isinstance(module, LoraLinear):
+                base = module.get_base_layer()
+                adapters = [] if module.disable_adapters or module.merged else \
+                    [a for a in module.active_adapters if a in module.lora_A]
+
+                def rows_of(lo, hi, w=base.weight, module=module, adapters=adapters):
+                    out = w[lo:hi].to(torch.float32, copy=True)
+                    for a in adapters:
+                        out.addmm_(module.lora_B[a].weight[lo:hi].float(), module.lora_A[a].weight.float(),
+                                   alpha=module.scaling[a])
+                    return out
+                q, scales = _int8_rows(rows_of, base.weight.shape)
+                bias = base.bias
+            else:
+                q, scales = _int8_rows(lambda lo, hi, w=module.weight: w[lo:hi].to(torch.float32, copy=True),
+                                       module.weight.shape)
+                bias = module.bias
+            module.forward = _int8_forward(q, scales, bias)
+    try:
+        yield
+    finally:
+        for module in targets:
+            del module.forward  # back to the class's forward
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records log q(token) of each sampled token under the sampler, at temperature T.
+
+    Called by `generate` before each sampling step with the sequences so far: the
+    previous step's token is read off then, and the last one in `finish`.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature, self.last, self.values = temperature, None, []
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.last is not None:
+            self.values.append(self.last.gather(-1, tokens[:, None]).squeeze(-1))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        self._take(sequences[:, -1])
+        self.last = None
+        return torch.stack(self.values, dim=1)
+
+
 def eos_ids(model, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every token id that ends an answer (chat models often have several)."""
     ids = model.generation_config.eos_token_id
@@ -111,22 +221,29 @@ def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], confi
     was_training = model.training
     model.eval()
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": 0} if do_sample else {}
-    with merged_lora(model):
-        sequences = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=do_sample,
-            eos_token_id=eos_ids(model, tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
-    model.train(was_training)
+    int8 = config.weights == "int8"
+    recorder = SampledLogprobs(config.temperature if do_sample else 1.0) if int8 else None
+    try:
+        with int8_weights(model) if int8 else merged_lora(model):
+            sequences = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=do_sample,
+                eos_token_id=eos_ids(model, tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([recorder]) if recorder else None,
+                **sampling,
+            )
+    finally:
+        model.train(was_training)
     completion_ids = sequences[:, prompt_ids.shape[1]:]
     completion_mask = mask_after_eos(completion_ids, eos_ids(model, tokenizer))
     # Padding after EOS is whatever generate wrote; make it the pad id for readability.
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    sampler = recorder.finish(sequences) if recorder else None
+    return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, sampler,
+                       config.temperature if do_sample else 1.0)
 
 
 def demonstration_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], demonstrations: list[str],

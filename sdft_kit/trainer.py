@@ -26,7 +26,7 @@ import torch
 from .config import Config
 from .data import Example
 from .demos import DemoSelector, student_prompt, teacher_prompt
-from .models import add_lora, load_model, peak_rss_mb
+from .models import add_lora, load_model, peak_rss_mb, release_freed_memory
 from .losses import skip_first
 from .rollout import Completions, demonstration_batch, rollout, tokenize_prompts, trim_left
 from .scoring import EMATeacher, TeacherScores, score_teacher
@@ -84,6 +84,8 @@ class Trainer:
             model = add_lora(base, config.model, seed=train.seed)
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
+        if train.release_memory and self.device.type == "cpu":
+            release_freed_memory()
         self.optimizer, self.scheduler = make_optimizer(model, train)
         self.ema = EMATeacher(model, config.teacher.ema_rate) if config.teacher.teacher == "ema" else None
         self.selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, train.seed)
@@ -109,8 +111,11 @@ class Trainer:
         self.examples_seen = seen
         return indices
 
-    def _micro_batch(self, timings: dict) -> tuple[float, float, int, dict]:
-        """Forward and backward one micro-batch; returns (loss, KL sum, tokens, sample record)."""
+    def _micro_batch(self, timings: dict, is_weights: list) -> tuple[float, float, int, dict]:
+        """Forward and backward one micro-batch; returns (loss, KL sum, tokens, sample record).
+
+        Adds (sum, count) of the importance weights over loss tokens to `is_weights`.
+        """
         cfg = self.config
         indices = self._next_indices(cfg.train.batch_size)
         examples = [self.examples[i] for i in indices]
@@ -159,6 +164,9 @@ class Trainer:
             timings["student"] += time.perf_counter() - start
             loss += student.loss.item() * weight
             kl_sum += float((student.per_token * part.completion_mask).sum())
+            if student.is_weight is not None:
+                is_weights[0] += float((student.is_weight * student.mask).sum())
+                is_weights[1] += int(student.mask.sum())
             if sample is None:
                 sample = sample_record(self.tokenizer, examples[0], part, student, teacher)
         return loss, kl_sum, batch.num_tokens, sample
@@ -169,9 +177,9 @@ class Trainer:
         start = time.perf_counter()
         timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0, "optimizer": 0.0}
         self.model.train()
-        losses, kl_sum, tokens, first = [], 0.0, 0, None
+        losses, kl_sum, tokens, first, is_weights = [], 0.0, 0, None, [0.0, 0]
         for _ in range(cfg.train.grad_accum):
-            loss, kl, n, sample = self._micro_batch(timings)
+            loss, kl, n, sample = self._micro_batch(timings, is_weights)
             losses.append(loss)
             kl_sum += kl
             tokens += n
@@ -194,6 +202,8 @@ class Trainer:
             "mean_kl": kl_sum / max(tokens, 1) if cfg.train.method == "sdft" else None,
             "lr": lr,
             "grad_norm": grad_norm,
+            # mean importance weight of the loss tokens, for rollouts from int8 weights (1 = no mismatch)
+            "is_weight": is_weights[0] / is_weights[1] if is_weights[1] else None,
             "tokens": tokens,
             "seconds": {**{k: round(v, 4) for k, v in timings.items()}, "total": round(total, 4)},
             "elapsed_s": round(self.elapsed, 3),

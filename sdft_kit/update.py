@@ -27,6 +27,7 @@ class StudentScores:
     sampled_logprobs: torch.Tensor  # log p_student(token), (B, C), detached
     top_ids: torch.Tensor  # (B, C, record_k)
     top_logprobs: torch.Tensor
+    is_weight: torch.Tensor | None = None  # (B, C) importance weights, for rollouts from other weights
 
 
 def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
@@ -38,17 +39,39 @@ def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
     return sampled, top.indices, top.values
 
 
+def importance_weights(student_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling: min(p_student(token) / q_sampler(token), cap), no gradient.
+
+    Reweights each token of a rollout sampled from other weights (int8) towards what the
+    student itself would have sampled, as the official code does for vLLM rollouts.
+    """
+    return (student_logprobs.detach() - sampler_logprobs).exp().clamp(max=cap)
+
+
 def distill_loss(model, student_prompt_ids: torch.Tensor, student_prompt_mask: torch.Tensor, batch: Completions,
                  teacher: TeacherScores, config: LossConfig | None = None, record_k: int = 5) -> StudentScores:
-    """Per-token divergence to the teacher, mean per sequence, then over the batch."""
+    """Per-token divergence to the teacher, mean per sequence, then over the batch.
+
+    When the rollout came from other weights (`batch.sampler_logprobs`), each token's
+    divergence is weighted by `importance_weights` before the mean.
+    """
     config = config or LossConfig()
     logits = completion_logits(model, student_prompt_ids, student_prompt_mask, batch)
     logprobs = F.log_softmax(logits.float(), dim=-1)  # once: for the loss and for the records
     per_token = logprob_divergence(logprobs, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
                                    vocab=config.vocab, teacher_indices=teacher.indices)
     mask = skip_first(batch.completion_mask, config.skip_first)
-    loss = sequence_mean(per_token, mask)
-    return StudentScores(loss, per_token.detach(), mask, *_student_view(logprobs, batch, record_k))
+    view = _student_view(logprobs, batch, record_k)
+    weight = None
+    if batch.sampler_logprobs is not None:
+        sampled = view[0]
+        if batch.temperature != 1.0:  # the sampler's log-probs are at the sampling temperature
+            with torch.no_grad():
+                sampled = F.log_softmax(logits.detach().float() / batch.temperature, dim=-1).gather(
+                    -1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+        weight = importance_weights(sampled, batch.sampler_logprobs, config.is_cap)
+    loss = sequence_mean(per_token if weight is None else per_token * weight, mask)
+    return StudentScores(loss, per_token.detach(), mask, *view, is_weight=weight)
 
 
 def demonstration_loss(model, batch: Completions, record_k: int = 5) -> StudentScores:

@@ -8,8 +8,11 @@ import torch
 import sdft_kit.rollout as rollout_module
 from sdft_kit import Config, Trainer, add_lora, load_model
 from sdft_kit.demos import student_prompt
-from sdft_kit.rollout import RolloutConfig, rollout
-from sdft_kit.scoring import lora_parameters
+from sdft_kit.config import LossConfig
+from sdft_kit.losses import teacher_topk
+from sdft_kit.rollout import Completions, RolloutConfig, int8_weights, rollout, tokenize_prompts
+from sdft_kit.scoring import TeacherScores, completion_logits, lora_parameters
+from sdft_kit.update import distill_loss, importance_weights
 
 
 def _perturbed_lora_model():
@@ -33,7 +36,7 @@ def test_chunked_step_equals_whole_batch(demo_examples, overrides):
         model, tokenizer = _perturbed_lora_model()
         trainer = Trainer(config.replace(chunk_size=chunk_size), demo_examples, model=model, tokenizer=tokenizer)
         timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0}
-        loss, kl_sum, tokens, _ = trainer._micro_batch(timings)
+        loss, kl_sum, tokens, _ = trainer._micro_batch(timings, [0.0, 0])
         grads = {n: p.grad.clone() for n, p in lora_parameters(model).items()}
         results[chunk_size] = (loss, kl_sum, tokens, grads)
     (loss0, kl0, tokens0, grads0), (loss1, kl1, tokens1, grads1) = results[0], results[1]
@@ -73,3 +76,125 @@ def test_16_bit_bases_are_not_merged_so_their_frozen_weights_stay_exact(demo_exa
     for name, p in model.named_parameters():
         if "lora_" not in name:
             assert torch.equal(p.detach(), base[name]), name  # a bf16 merge round trip would have moved them
+
+
+# -- int8 rollouts: an approximation of the student, corrected by importance weights --
+
+def _next_token_logprobs(model, tokenizer, prompts):
+    ids, mask = tokenize_prompts(tokenizer, prompts, torch.device("cpu"))
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1)
+
+
+def test_int8_decoding_follows_the_student_and_leaves_its_weights_untouched(demo_examples):
+    model, tokenizer = _perturbed_lora_model()
+    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:4]]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    exact = _next_token_logprobs(model, tokenizer, prompts)
+    with model.disable_adapter():
+        base = _next_token_logprobs(model, tokenizer, prompts)
+    with int8_weights(model):
+        int8 = _next_token_logprobs(model, tokenizer, prompts)
+    after = _next_token_logprobs(model, tokenizer, prompts)
+
+    def tv(a, b):  # total variation distance of the next-token distributions
+        return float((a.exp() - b.exp()).abs().sum(-1).max() / 2)
+    assert tv(int8, exact) < 0.1
+    assert tv(int8, exact) < tv(base, exact) / 2  # the LoRA update is in the int8 copy
+    assert torch.equal(after, exact)  # every layer's own forward is back
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+
+
+def _rescored(model, batch, temperature):
+    with torch.no_grad():
+        logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
+    logprobs = torch.log_softmax(logits.float() / temperature, -1).gather(-1, batch.completion_ids[..., None])[..., 0]
+    return logprobs[batch.completion_mask.bool()], batch.sampler_logprobs[batch.completion_mask.bool()]
+
+
+def test_int8_rollout_records_the_samplers_log_probs(demo_examples, monkeypatch):
+    model, tokenizer = _perturbed_lora_model()
+    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:3]]
+    config = RolloutConfig(max_new_tokens=12, temperature=0.8, weights="int8")
+    torch.manual_seed(0)
+    batch = rollout(model, tokenizer, prompts, config)
+    assert batch.sampler_logprobs.shape == batch.completion_ids.shape and batch.temperature == 0.8
+    with int8_weights(model):  # the same int8 weights, all tokens at once instead of one by one
+        rescored, recorded = _rescored(model, batch, 0.8)
+    assert float((rescored - recorded).abs().mean()) < 0.05  # bf16 activations round differently
+    # with the sampler swapped for the exact student, the record is the student's log p, token by token
+    monkeypatch.setattr(rollout_module, "int8_weights", lambda m: contextlib.nullcontext())
+    batch = rollout(model, tokenizer, prompts, config)
+    rescored, recorded = _rescored(model, batch, 0.8)
+    torch.testing.assert_close(recorded, rescored, rtol=0, atol=1e-4)
+
+
+def test_importance_weights_are_capped_ratios_without_gradient():
+    student = torch.tensor([[-1.0, -0.5, -3.0]], requires_grad=True)
+    sampler = torch.tensor([[-1.0, -2.0, -2.0]])
+    weights = importance_weights(student, sampler, cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 2.0, torch.e ** -1.0]]))
+    assert not weights.requires_grad
+
+
+def _student_batch(model, tokenizer, demo_examples):
+    torch.manual_seed(0)
+    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:2]]
+    batch = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=10))
+    with torch.no_grad(), model.disable_adapter():  # the base model as a stand-in teacher
+        teacher_lp = torch.log_softmax(completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch), -1)
+    buckets, indices = teacher_topk(teacher_lp, 20)
+    teacher = TeacherScores(buckets, indices, teacher_lp[..., 0], indices[..., :2], buckets[..., :2])
+    return batch, teacher
+
+
+def test_importance_weighted_loss_equals_the_plain_loss_when_sampler_and_student_agree(demo_examples):
+    model, tokenizer = _perturbed_lora_model()
+    batch, teacher = _student_batch(model, tokenizer, demo_examples)
+    config = LossConfig(vocab="topk")
+
+    def loss_and_grads(b):
+        model.zero_grad()
+        scores = distill_loss(model, b.prompt_ids, b.prompt_mask, b, teacher, config)
+        scores.loss.backward()
+        return scores, {n: p.grad.clone() for n, p in lora_parameters(model).items()}
+
+    plain, plain_grads = loss_and_grads(batch)
+    agree = Completions(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                        plain.sampled_logprobs.clone())
+    same, same_grads = loss_and_grads(agree)
+    torch.testing.assert_close(same.is_weight, torch.ones_like(same.is_weight))
+    torch.testing.assert_close(same.loss, plain.loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(same_grads[name], grad)
+
+    # a sampler that made the first counted token twice as likely as the student does:
+    # that token's divergence counts half in its sequence's mean
+    col = int(plain.mask[0].nonzero()[0])
+    halved = agree.sampler_logprobs.clone()
+    halved[0, col] += torch.log(torch.tensor(2.0))
+    skewed, _ = loss_and_grads(Completions(batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                           batch.completion_mask, halved))
+    weights = torch.ones_like(plain.per_token)
+    weights[0, col] = 0.5
+    per_seq = (plain.per_token * weights * plain.mask).sum(-1) / plain.mask.sum(-1)
+    torch.testing.assert_close(skewed.loss, per_seq.mean())
+
+
+def test_a_trainer_with_int8_rollouts_reports_its_importance_weights(demo_examples):
+    config = Config().replace(batch_size=2, max_new_tokens=8, steps=1, teacher="base", vocab="topk", topk=20,
+                              weights="int8")
+    record = Trainer(config, demo_examples).train_step()
+    assert 0.5 < record["is_weight"] < 1.5  # int8 sampling stays close to the student
+    assert torch.isfinite(torch.tensor(record["loss"]))
+
+
+def test_int8_rollouts_refuse_4_bit_or_gpu_models(lora_model):
+    model, _ = lora_model
+    model.config.quantization_config = {"load_in_4bit": True}  # what a bitsandbytes model carries
+    with pytest.raises(ValueError, match="CPU option"):
+        with int8_weights(model):
+            pass
+    with pytest.raises(ValueError, match="weights must be one of"):
+        RolloutConfig(weights="fp8")

@@ -1,5 +1,7 @@
+import sys
 import time
 
+import pytest
 import torch
 
 from sdft_kit import EMATeacher, add_lora, load_adapter, load_model, teacher_view
@@ -137,3 +139,10 @@ def test_memory_report_and_auto_dtype_on_cpu():
     assert set(report) == {"peak_rss_mb"} and report["peak_rss_mb"] > 100  # torch alone takes more
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_release_freed_memory_takes_effect_on_linux():
+    from sdft_kit.models import release_freed_memory
+
+    assert release_freed_memory() is True
