@@ -133,7 +133,7 @@ class TrainConfig:
     record_topk: int = _help(5, "top-k tokens kept per position in the step records")
     threads: int = _help(0, "torch CPU threads (0: leave torch's default)")
     release_memory: bool = _help(True, "on Linux CPUs, give freed tensor memory back to the OS at once (glibc's "
-                                       "mmap threshold fixed at 128 KiB): lower peak RSS for a few % of time")
+                                       "mmap threshold fixed at 128 KiB): lower peak RSS for a few percent of step time")
 
     def __post_init__(self) -> None:
         _choice("method", self.method, ("sdft", "sft"))

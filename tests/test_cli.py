@@ -59,3 +59,14 @@ def test_train_then_generate_end_to_end(tmp_path):
                   "--max-new-tokens", "8")
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip()
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "generate", "check-teacher"])
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    if command == "train":  # every config field is a flag, new ones included
+        assert "--weights" in out and "--release-memory" in out and "--is-cap" in out
