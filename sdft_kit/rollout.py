@@ -134,24 +134,18 @@ def int8_weights(model):
             targets.append(module)
     with torch.no_grad():
         for module in targets:
-            if isinstance(module, LoraLinear):
-                base = module.get_base_layer()
-                adapters = [] if module.disable_adapters or module.merged else \
-                    [a for a in module.active_adapters if a in module.lora_A]
+            lora = isinstance(module, LoraLinear)
+            layer = module.get_base_layer() if lora else module
+            adapters = [a for a in module.active_adapters if a in module.lora_A] \
+                if lora and not (module.disable_adapters or module.merged) else []
 
-                def rows_of(lo, hi, w=base.weight, module=module, adapters=adapters):
-                    out = w[lo:hi].to(torch.float32, copy=True)
-                    for a in adapters:
-                        out.addmm_(module.lora_B[a].weight[lo:hi].float(), module.lora_A[a].weight.float(),
-                                   alpha=module.scaling[a])
-                    return out
-                q, scales = _int8_rows(rows_of, base.weight.shape)
-                bias = base.bias
-            else:
-                q, scales = _int8_rows(lambda lo, hi, w=module.weight: w[lo:hi].to(torch.float32, copy=True),
-                                       module.weight.shape)
-                bias = module.bias
-            module.forward = _int8_forward(q, scales, bias)
+            def rows_of(lo, hi, w=layer.weight, module=module, adapters=adapters):
+                out = w[lo:hi].to(torch.float32, copy=True)
+                for a in adapters:
+                    out.addmm_(module.lora_B[a].weight[lo:hi].float(), module.lora_A[a].weight.float(),
+                               alpha=module.scaling[a])
+                return out
+            module.forward = _int8_forward(*_int8_rows(rows_of, layer.weight.shape), layer.bias)
     try:
         yield
     finally:
@@ -222,7 +216,8 @@ def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], confi
     model.eval()
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": 0} if do_sample else {}
     int8 = config.weights == "int8"
-    recorder = SampledLogprobs(config.temperature if do_sample else 1.0) if int8 else None
+    temperature = config.temperature if do_sample else 1.0
+    recorder = SampledLogprobs(temperature) if int8 else None
     try:
         with int8_weights(model) if int8 else merged_lora(model):
             sequences = model.generate(
@@ -242,8 +237,7 @@ def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], confi
     # Padding after EOS is whatever generate wrote; make it the pad id for readability.
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     sampler = recorder.finish(sequences) if recorder else None
-    return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, sampler,
-                       config.temperature if do_sample else 1.0)
+    return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, sampler, temperature)
 
 
 def demonstration_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], demonstrations: list[str],
