@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
+from .batch import mean_logprobs
+from .chat import generate_text
 from .config import TEMPLATES
 from .data import Example
 from .demos import student_prompt, teacher_prompt
-from .rollout import RolloutConfig, demonstration_batch, rollout
-from .scoring import completion_logits
+from .models import eval_mode
+from .text import normalize
+from .text import words as text_words
 
 # Verdict thresholds (see `judge`). Gains are in nats per demonstration token.
 READY_SHARE = 0.8  # teacher better on at least 80% of records...
@@ -48,33 +48,24 @@ MIN_COPY_WORDS = 5  # shorter demonstrations are too generic to call a copy
 Scorer = Callable[[str, Example], bool]
 
 
-def normalise(text: str) -> str:
-    """Lower case, whitespace runs collapsed to one space, stripped."""
-    return " ".join(text.lower().split())
-
-
 def exact_scorer(answer: str, example: Example) -> bool:
-    """Correct if the answer equals the demonstration, up to case and whitespace."""
-    return normalise(answer) == normalise(example.demonstration)
+    """Correct if the answer equals the demonstration, up to case, whitespace, punctuation and articles."""
+    return normalize(answer) == normalize(example.demonstration)
 
 
 def contains_scorer(answer: str, example: Example) -> bool:
-    """Correct if the answer contains the demonstration, up to case and whitespace."""
-    return normalise(example.demonstration) in normalise(answer)
+    """Correct if the answer contains the demonstration, up to case, whitespace, punctuation and articles."""
+    return normalize(example.demonstration) in normalize(answer)
 
 
 SCORERS: dict[str, Scorer] = {"exact": exact_scorer, "contains": contains_scorer}
-
-
-def _words(text: str) -> list[re.Match]:
-    return list(re.finditer(r"\w+", text.lower()))
 
 
 def template_phrases(template: str) -> list[list[str]]:
     """The template's own words, as the phrases between its slots (a name is looked up in TEMPLATES)."""
     text = TEMPLATES.get(template, template)
     parts = re.split(r"\{(?:prompt|demonstration)\}", text)
-    return [words for part in parts if (words := re.findall(r"\w+", part.lower()))]
+    return [found for part in parts if (found := [w[0] for w in text_words(part)])]
 
 
 def echo_span(answer: str, template: str) -> tuple[int, int] | None:
@@ -84,7 +75,7 @@ def echo_span(answer: str, template: str) -> tuple[int, int] | None:
     template's phrases, starting within the answer's first ECHO_WINDOW characters, at
     least ECHO_WORDS long, or a whole phrase of 3 to 5 words. The span is the longest such run.
     """
-    words = _words(answer)
+    words = text_words(answer)
     tokens = [w[0] for w in words]
     best = None
     for phrase in template_phrases(template):
@@ -115,10 +106,10 @@ def copies(answer: str, demonstration: str) -> bool:
     all of them in a row, or any COPY_WORDS of them in a row (answers are cut at
     max_new_tokens, so a long demonstration cannot appear whole).
     """
-    demo = re.findall(r"\w+", demonstration.lower())
+    demo = [w[0] for w in text_words(demonstration)]
     if len(demo) < MIN_COPY_WORDS:
         return False
-    text = " " + " ".join(re.findall(r"\w+", answer.lower())) + " "
+    text = " " + " ".join(w[0] for w in text_words(answer)) + " "
     need = min(COPY_WORDS, len(demo))
     return any(" " + " ".join(demo[i:i + need]) + " " in text for i in range(len(demo) - need + 1))
 
@@ -254,28 +245,9 @@ class TeacherCheck:
         return "\n".join(lines)
 
 
-@torch.no_grad()
-def demonstration_logprobs(model, tokenizer, prompts: list[str], demonstrations: list[str],
-                           batch_size: int = 8) -> list[float]:
-    """Mean per-token log-prob of each demonstration (+ EOS) after its prompt, teacher-forced.
-
-    Batches of 8 keep the (batch, tokens, vocabulary) logits small for long demonstrations.
-    """
-    device = next(model.parameters()).device
-    means = []
-    for i in range(0, len(prompts), batch_size):
-        batch = demonstration_batch(tokenizer, prompts[i:i + batch_size], demonstrations[i:i + batch_size], device)
-        logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), batch.completion_ids, reduction="none")
-        mask = batch.completion_mask.float()
-        means += (-(nll * mask).sum(-1) / mask.sum(-1)).tolist()
-    return means
-
-
 def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    config = RolloutConfig(max_new_tokens=max_new_tokens)
     return [text for i in range(0, len(prompts), batch_size)
-            for text in rollout(model, tokenizer, prompts[i:i + batch_size], config, do_sample=False).texts(tokenizer)]
+            for text in generate_text(model, tokenizer, prompts[i:i + batch_size], max_new_tokens)]
 
 
 def _figures(template: str, rows: list[dict], echo_tokens: int) -> TemplateResult:
@@ -310,11 +282,9 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
     picked = [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), min(n, len(examples))))]
     demos = [ex.demonstration for ex in picked]
     score = SCORERS[scorer] if isinstance(scorer, str) else scorer
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         student_prompts = [student_prompt(tokenizer, ex) for ex in picked]
-        student_lp = demonstration_logprobs(model, tokenizer, student_prompts, demos)
+        student_lp = mean_logprobs(model, tokenizer, student_prompts, demos)
         student_correct = [None] * len(picked)
         if score is not None:
             answers = _answers(model, tokenizer, student_prompts, max_new_tokens, batch_size)
@@ -322,7 +292,7 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
         results = []
         for position, template in enumerate(templates, start=1):
             prompts = [teacher_prompt(tokenizer, ex, [ex.demonstration], template) for ex in picked]
-            teacher_lp = demonstration_logprobs(model, tokenizer, prompts, demos)
+            teacher_lp = mean_logprobs(model, tokenizer, prompts, demos)
             answers = _answers(model, tokenizer, prompts, max_new_tokens, batch_size)
             spans = [echo_span(a, template) for a in answers]
             rows = [{"source": ex.source, "prompt": ex.prompt, "student_logprob": s, "teacher_logprob": t,
@@ -336,8 +306,6 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
             result = _figures(name if name != "custom" else f"custom{position}", rows, echo_tokens)
             result.verdict, result.advice = judge(result, skip_first)
             results.append(result)
-    finally:
-        model.train(was_training)
     best = max(results, key=lambda r: (_RANK[r.verdict], r.teacher_accuracy or 0.0, r.gain))
     advice = list(best.advice)
     if len(results) > 1:

@@ -12,23 +12,23 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, fields_by_section
+from .config import Config, fields_by_section, flag
 from .data import SAMPLE_DATA, DataError, load_examples
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for section, f in fields_by_section():
-        flag = "--" + f.name.replace("_", "-")
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"[{section}] {f.metadata['help']}"}
         if isinstance(f.default, bool) or f.default is None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = type(f.default)
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag(f.name), **kwargs)
 
 
-def build_config(args: argparse.Namespace) -> Config:
-    config = Config.load(args.config) if args.config else Config()
+def build_config(args: argparse.Namespace, defaults: dict | None = None) -> Config:
+    """The run's config: --config's YAML, else the defaults (with `defaults` applied); then every flag given."""
+    config = Config.load(args.config) if args.config else Config().replace(**(defaults or {}))
     overrides = {name: getattr(args, name) for _, f in fields_by_section() if hasattr(args, name := f.name)}
     return config.replace(**overrides)
 
@@ -68,8 +68,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Embedded model + bundled data: per-step loss and a before/after answer."""
+    from .chat import generate_text
     from .demos import student_prompt, teacher_prompt
-    from .rollout import generate_text
     from .trainer import Trainer
 
     start = time.perf_counter()
@@ -98,8 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .config import ModelConfig
+    from .chat import chat
     from .models import load_adapter, load_model
-    from .rollout import chat
 
     run_config = Path(args.adapter).parent / "config.yaml" if args.adapter else None
     if run_config is not None and run_config.is_file() and args.model is None:
@@ -117,17 +117,14 @@ def cmd_check_teacher(args: argparse.Namespace) -> None:
     """Is the model a good teacher of itself on this data? Figures per template, then a verdict."""
     from .check import check_teacher
     from .config import TEMPLATES, ModelConfig
-    from .models import load_model
+    from .models import load_model, set_threads
 
     templates = [name.strip() for name in args.templates.split(",") if name.strip()]
     unknown = [name for name in templates if name not in TEMPLATES]
     if unknown or not templates:
         raise ValueError(f"--templates takes names from {', '.join(TEMPLATES)}; got {args.templates!r}")
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, tokenizer = load_model(args.model, ModelConfig(model=args.model))
     print(f"checking {args.model} as its own teacher on {min(args.n, len(examples))} of {len(examples)} records "
           f"from {args.data}, templates {', '.join(templates)}...", flush=True)
@@ -138,17 +135,9 @@ def cmd_check_teacher(args: argparse.Namespace) -> None:
         print(f"saved to {check.save(Path(args.out) / 'teacher_check.json')}")
 
 
-def _experiment_config(args: argparse.Namespace) -> Config:
-    from .experiments import COMPARE_DEFAULTS
-
-    config = Config.load(args.config) if args.config else Config().replace(**COMPARE_DEFAULTS)
-    overrides = {name: getattr(args, name) for _, f in fields_by_section() if hasattr(args, name := f.name)}
-    return config.replace(**overrides)
-
-
 def cmd_compare(args: argparse.Namespace) -> None:
     """Base vs SFT vs SDFT on one task and on the previous-skills probe; report.json + report.html."""
-    from .experiments import compare
+    from .experiments import COMPARE_DEFAULTS, compare
     from .tasks import Task, load_eval_items, load_task
 
     if bool(args.data) != bool(args.eval) or bool(args.task) == bool(args.data):
@@ -158,7 +147,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     else:  # bad files fail here, before any model is loaded
         task = Task(Path(args.data).stem, f"{args.data} / {args.eval}", load_examples(args.data),
                     load_eval_items(args.eval))
-    config = _experiment_config(args)
+    config = build_config(args, COMPARE_DEFAULTS)
     if (Path(args.out) / "report.json").exists():
         raise FileExistsError(f"{args.out} already holds a report; choose another --out (nothing was overwritten)")
     compare(task, config, seeds=args.seeds, out_dir=args.out, eval_limit=args.eval_limit,
@@ -168,13 +157,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_continual(args: argparse.Namespace) -> None:
     """Sequential training on several bundled tasks, every task scored after every stage."""
-    from .experiments import continual
+    from .experiments import COMPARE_DEFAULTS, continual
     from .tasks import load_task
 
     tasks = [load_task(name.strip()) for name in args.tasks.split(",") if name.strip()]
     if len(tasks) < 2 or any(not t.train for t in tasks):
         raise ValueError("--tasks takes two or more bundled tasks with train data, e.g. knowledge,tooluse")
-    config = _experiment_config(args)
+    config = build_config(args, COMPARE_DEFAULTS)
     continual(tasks, config, out_dir=args.out, eval_limit=args.eval_limit,
               eval_max_new_tokens=args.eval_max_new_tokens, progress=not args.quiet)
     print(f"reports written to {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'}")

@@ -2,6 +2,8 @@
 
 A YAML file maps onto it section by section (model:, teacher:, rollout:, loss:,
 train:), and every field is also a CLI flag of `sdft-kit train` (`--lora-r 8`).
+The choices of every mode are `Literal` types below; their tuples (`TEACHER_KINDS`,
+`ENGINES`, ...) are what the config, the CLI and the app offer.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -28,52 +30,75 @@ PLAIN_TEMPLATE = "{prompt}\n\n{demonstration}"  # TRL's default
 SYSTEM_TEMPLATE = "Here is an example of a good response to the user's next question:\n{demonstration}"
 TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": PLAIN_TEMPLATE, "system": SYSTEM_TEMPLATE}
 
+Method = Literal["sdft", "sft"]
+# Who scores the student's tokens: see teachers.make_teacher.
+TeacherKind = Literal["ema", "base", "live"]
+# What samples the rollouts: see rollout.make_engine.
+Engine = Literal["hf", "int8"]
+DemoSelection = Literal["own", "retrieval", "random"]
+Vocab = Literal["full", "topk", "sampled"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
+METHODS: tuple[str, ...] = get_args(Method)
+TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
+ENGINES: tuple[str, ...] = get_args(Engine)
+DEMO_SELECTIONS: tuple[str, ...] = get_args(DemoSelection)
+VOCABS: tuple[str, ...] = get_args(Vocab)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DEVICES: tuple[str, ...] = get_args(Device)
+# Fields renamed since a run directory's config.yaml may have been written: old name -> new name.
+RENAMED = {"weights": "engine"}
 
 
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+def _help(default: Any, text: str, *, choices: tuple = (), at_least: float | None = None) -> Any:
+    """A field with its help text and what `_check` validates: one of `choices`, or >= `at_least`."""
+    return field(default=default, metadata={"help": text, "choices": choices, "at_least": at_least})
+
+
+def _check(section: Any) -> None:
+    """Validate a section's fields against their `choices` and `at_least` bounds, naming what to change."""
+    for f in dataclasses.fields(section):
+        value, choices, low = getattr(section, f.name), f.metadata["choices"], f.metadata["at_least"]
+        if choices and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        if low is not None and not value >= low:
+            raise ValueError(f"{f.name} must be >= {low}; got {value!r}")
 
 
 @dataclass
 class ModelConfig:
     model: str = _help("embedded", "'embedded' (SmolLM2-135M-Instruct, offline), a Hugging Face id or a local path")
     load_in_4bit: bool | None = _help(None, "4-bit NF4 base (QLoRA); default: on when CUDA is available")
-    dtype: str = _help("auto", "'auto' (bf16 on CUDA, fp16 on GPUs without bf16 such as the T4, fp32 on CPU), "
-                      "'float32', 'bfloat16' or 'float16'")
-    device: str = _help("auto", "'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'")
-    lora_r: int = _help(16, "LoRA rank")
+    dtype: Dtype = _help("auto", "'auto' (bf16 on CUDA, fp16 on GPUs without bf16 such as the T4, fp32 on CPU), "
+                        "'float32', 'bfloat16' or 'float16'", choices=DTYPES)
+    device: Device = _help("auto", "'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'", choices=DEVICES)
+    lora_r: int = _help(16, "LoRA rank", at_least=1)
     lora_alpha: int = _help(32, "LoRA scaling alpha")
     lora_dropout: float = _help(0.0, "LoRA dropout (0 keeps rollout and scoring policies identical)")
     lora_target: str = _help("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of names")
     trust_remote_code: bool = _help(False, "run model code from the Hub (off: only for models you trust)")
 
     def __post_init__(self) -> None:
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _choice("device", self.device, ("auto", "cpu", "cuda"))
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1; got {self.lora_r}")
+        _check(self)
 
 
 @dataclass
 class TeacherConfig:
-    teacher: str = _help("ema", "teacher weights: 'ema' (paper), 'base' (adapter off) or 'live' (current student)")
+    teacher: TeacherKind = _help("ema", "teacher weights: 'ema' (paper), 'base' (adapter off) or 'live' "
+                                        "(current student)", choices=TEACHER_KINDS)
     ema_rate: float = _help(0.01, "EMA update: teacher = rate * student + (1 - rate) * teacher, after each step")
-    demo_selection: str = _help("own", "demonstrations in the teacher prompt: 'own' (paper), 'retrieval' or 'random'")
-    num_demos: int = _help(1, "how many demonstrations 'retrieval' and 'random' put in the teacher prompt")
+    demo_selection: DemoSelection = _help("own", "demonstrations in the teacher prompt: 'own' (paper), "
+                                                 "'retrieval' or 'random'", choices=DEMO_SELECTIONS)
+    num_demos: int = _help(1, "how many demonstrations 'retrieval' and 'random' put in the teacher prompt",
+                           at_least=1)
     template: str = _help(PAPER_TEMPLATE, "teacher prompt: 'paper', 'plain', 'system' (see sdft-kit check-teacher) "
                                           "or a text with {prompt} and {demonstration}")
 
     def __post_init__(self) -> None:
-        _choice("teacher", self.teacher, ("ema", "base", "live"))
-        _choice("demo_selection", self.demo_selection, ("own", "retrieval", "random"))
+        _check(self)
         if not 0.0 < self.ema_rate <= 1.0:
             raise ValueError(f"ema_rate must be in (0, 1]; got {self.ema_rate}")
-        if self.num_demos < 1:
-            raise ValueError(f"num_demos must be >= 1; got {self.num_demos}")
         for slot in ("{prompt}", "{demonstration}"):
             if self.template not in TEMPLATES and slot not in self.template:
                 raise ValueError(f"template must contain {slot}; got {self.template!r}")
@@ -81,18 +106,17 @@ class TeacherConfig:
 
 @dataclass
 class RolloutConfig:
-    max_new_tokens: int = _help(128, "longest student answer sampled per prompt")
+    max_new_tokens: int = _help(128, "longest student answer sampled per prompt", at_least=1)
     temperature: float = _help(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)")
-    generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)")
-    weights: str = _help("exact", "weights the student decodes with: 'exact' (its own) or 'int8' (a per-rollout "
-                                  "int8 copy, CPU only: faster sampling from a slightly different policy, corrected "
-                                  "by truncated importance sampling, see loss.is_cap)")
+    generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)", at_least=1)
+    engine: Engine = _help("hf", "what samples the rollouts: 'hf' (transformers' generate with the student's own "
+                                 "weights) or 'int8' (a per-rollout int8 copy of the student, CPU only: faster "
+                                 "sampling from a slightly different policy, corrected by truncated importance "
+                                 "sampling, see loss.is_cap)", choices=ENGINES)
 
     def __post_init__(self) -> None:
-        _choice("weights", self.weights, ("exact", "int8"))
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
+        _check(self)
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
 
@@ -100,48 +124,42 @@ class RolloutConfig:
 @dataclass
 class LossConfig:
     alpha: float = _help(0.0, "0 = forward KL(teacher||student) (paper), 1 = reverse KL, between = generalised JSD")
-    vocab: str = _help("full", "distributions compared over: 'full' vocabulary, teacher 'topk' + tail, or 'sampled' token + rest")
-    topk: int = _help(100, "k for vocab='topk'")
-    skip_first: int = _help(3, "completion tokens left out of the loss at the start (paper: 3)")
-    is_cap: float = _help(2.0, "cap on the importance weight p_student/p_sampler of each token when rollouts come "
-                               "from other weights (rollout.weights='int8'), as the official code does for vLLM")
+    vocab: Vocab = _help("full", "distributions compared over: 'full' vocabulary, teacher 'topk' + tail, or "
+                                 "'sampled' token + rest", choices=VOCABS)
+    topk: int = _help(100, "k for vocab='topk'", at_least=1)
+    skip_first: int = _help(3, "completion tokens left out of the loss at the start (paper: 3)", at_least=0)
+    is_cap: float = _help(2.0, "cap on the importance weight p_student/p_sampler of each token when rollouts "
+                               "come from other weights (rollout.engine='int8'), as the official code does for vLLM",
+                          at_least=1)
 
     def __post_init__(self) -> None:
-        _choice("vocab", self.vocab, ("full", "topk", "sampled"))
+        _check(self)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1]; got {self.alpha}")
-        if self.topk < 1 or self.skip_first < 0:
-            raise ValueError("topk must be >= 1 and skip_first >= 0")
-        if self.is_cap < 1:
-            raise ValueError(f"is_cap must be >= 1; got {self.is_cap}")
 
 
 @dataclass
 class TrainConfig:
-    method: str = _help("sdft", "'sdft' (self-distillation) or 'sft' (baseline on the same data and LoRA)")
-    steps: int = _help(50, "optimizer steps")
-    batch_size: int = _help(4, "prompts per micro-batch")
-    grad_accum: int = _help(1, "micro-batches per optimizer step")
+    method: Method = _help("sdft", "'sdft' (self-distillation) or 'sft' (baseline on the same data and LoRA)",
+                           choices=METHODS)
+    steps: int = _help(50, "optimizer steps", at_least=1)
+    batch_size: int = _help(4, "prompts per micro-batch", at_least=1)
+    grad_accum: int = _help(1, "micro-batches per optimizer step", at_least=1)
     chunk_size: int = _help(1, "sequences per teacher/student pass (0 = whole batch): smaller saves memory, "
-                               "same loss and gradients")
+                               "same loss and gradients", at_least=0)
     learning_rate: float = _help(5e-4, "AdamW learning rate (LoRA rates are ~10x full fine-tuning's)")
     warmup_ratio: float = _help(0.1, "share of steps with linear warm-up before the cosine decay")
     max_grad_norm: float = _help(1.0, "gradient-norm clip")
     weight_decay: float = _help(0.0, "AdamW weight decay (paper: none)")
     seed: int = _help(0, "seed for data order, sampling and LoRA init")
-    save_every: int = _help(25, "checkpoint every N steps (and at the end)")
-    record_topk: int = _help(5, "top-k tokens kept per position in the step records")
+    save_every: int = _help(25, "checkpoint every N steps (and at the end)", at_least=1)
+    record_topk: int = _help(5, "top-k tokens kept per position in the step records", at_least=1)
     threads: int = _help(0, "torch CPU threads (0: leave torch's default)")
     release_memory: bool = _help(True, "on Linux CPUs, give freed tensor memory back to the OS at once (glibc's "
                                        "mmap threshold fixed at 128 KiB): lower peak RSS for a few percent of step time")
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, ("sdft", "sft"))
-        for name in ("steps", "batch_size", "grad_accum", "save_every", "record_topk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.chunk_size < 0:
-            raise ValueError(f"chunk_size must be >= 0; got {self.chunk_size}")
+        _check(self)
         if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("learning_rate must be > 0 and warmup_ratio in [0, 1)")
 
@@ -169,8 +187,12 @@ class Config:
         built = {}
         for f in dataclasses.fields(cls):
             section_cls = type(getattr(cls(), f.name))
-            values = data.get(f.name) or {}
+            values = dict(data.get(f.name) or {})
             known = {x.name for x in dataclasses.fields(section_cls)}
+            for old, new in RENAMED.items():
+                if old in values and new in known and new not in values:
+                    values[new] = {"exact": "hf"}.get(values[old], values[old])
+                    del values[old]
             bad = set(values) - known
             if bad:
                 raise ValueError(f"{where}: unknown field(s) {sorted(bad)} in section '{f.name}'; known: {sorted(known)}")
@@ -202,3 +224,8 @@ def fields_by_section() -> list[tuple[str, dataclasses.Field]]:
     """(section, field) for every config field, for building CLI flags and UI forms."""
     cfg = Config()
     return [(s.name, f) for s in dataclasses.fields(Config) for f in dataclasses.fields(getattr(cfg, s.name))]
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field: lora_r -> --lora-r."""
+    return "--" + name.replace("_", "-")

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs_version
 
+from .records import StepRecord
 from .views import METRICS, SDFT_METRICS, curves, loudest_token, metrics_for, token_detail, token_strip
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -53,7 +54,7 @@ def plotly_bundle(fig: go.Figure) -> dict:
     return {PLOTLY_MIME: json.loads(spec), "text/html": page}
 
 
-def status_line(record: dict) -> str:
+def status_line(record: StepRecord) -> str:
     """The headline of a step record, as HTML: step, method, loss, mean KL, speed."""
     parts = [f"<b>step {record.get('step', '?')}/{record.get('steps', '?')}</b>", str(record.get("method", "")).upper(),
              f"loss {record['loss']:.4f}" if record.get("loss") is not None else ""]
@@ -74,10 +75,10 @@ class Dashboard:
     without a browser. `compare` is a finished run's records (e.g. SFT) to draw on the
     curves; `records` re-plots a run so far (e.g. `load_records(run_dir)`)."""
 
-    def __init__(self, records: Iterable[dict] = (), compare: list[dict] | None = None):
+    def __init__(self, records: Iterable[StepRecord] = (), compare: list[StepRecord] | None = None):
         import ipywidgets as widgets
 
-        self.records: list[dict] = []
+        self.records: list[StepRecord] = []
         self.compare = list(compare or [])
         self.figures: dict[str, go.Figure] = {}
         self.status = widgets.HTML("waiting for the first step…")
@@ -100,7 +101,7 @@ class Dashboard:
     def _metric_options(metrics: list[str]) -> list[tuple[str, str]]:
         return [(METRICS[m][0], m) for m in metrics]
 
-    def update(self, record: dict) -> None:
+    def update(self, record: StepRecord) -> None:
         """Add one step record: grow the curves, show its rollout, point at its loudest token."""
         self.records.append(record)
         runs = [self.records] + ([self.compare] if self.compare else [])
@@ -141,7 +142,7 @@ class Dashboard:
             display(plotly_bundle(self.figures[name]), raw=True)
 
 
-def watch(records: Iterable[dict], compare: list[dict] | None = None) -> Dashboard:
+def watch(records: Iterable[StepRecord], compare: list[StepRecord] | None = None) -> Dashboard:
     """Display a Dashboard and update it with each record as it arrives (e.g. `trainer.steps()`)."""
     from IPython.display import display
 

@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES  # noqa: F401 (re-exported)
 from .data import Example
+from .text import words
 
 
 def fill_template(template: str, prompt: str, demonstration: str) -> str:
@@ -59,10 +60,6 @@ def teacher_prompt(
     return render(tokenizer, teacher_messages(example, demonstrations, template))
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
 class DemoSelector:
     """Picks the demonstrations for each example's teacher prompt.
 
@@ -81,7 +78,7 @@ class DemoSelector:
 
     @staticmethod
     def _tfidf(texts: list[str]) -> list[dict[str, float]]:
-        counts = [Counter(_words(t)) for t in texts]
+        counts = [Counter(w[0] for w in words(t)) for t in texts]
         df = Counter(w for c in counts for w in c)
         vectors = []
         for c in counts:

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import json
 import re
-import string
 import time
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
+from .batch import mean_logprobs
+from .chat import generate_text
 from .demos import render
-from .rollout import demonstration_batch, generate_text
-from .scoring import completion_logits
+from .text import normalize, option_letter
 
 KINDS = ("fact", "tool", "extract", "choice")
 ANSWER_PATTERN = r"<answer>\s*(.*?)\s*</answer>"
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-_LETTER = re.compile(r"^\(?([A-Za-z])\)?(?:[).:]|\s|$)")  # "B", "(b)", "B) Paris", "B. Paris"
 
 
 @dataclass
@@ -61,21 +55,10 @@ class EvalItem:
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
 
-def normalize(text: str) -> str:
-    """Lowercase, drop punctuation and articles, collapse whitespace (SQuAD-style)."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
-    return " ".join(text.split())
-
-
 def fact_match(output: str, item: EvalItem) -> bool:
     """Any accepted answer occurs, as whole words, in the output (both normalised)."""
     padded = f" {normalize(output)} "
     return any(normalize(answer) and f" {normalize(answer)} " in padded for answer in item.answers)
-
-
-def _letter(text: str) -> str | None:
-    match = _LETTER.match(text.strip())
-    return match[1].upper() if match else None
 
 
 def extracted_answer_match(output: str, item: EvalItem, pattern: str = ANSWER_PATTERN) -> bool:
@@ -91,7 +74,7 @@ def extracted_answer_match(output: str, item: EvalItem, pattern: str = ANSWER_PA
     found = [group[0] if isinstance(group, tuple) else group for group in found]
     for answer in item.answers:
         if len(answer.strip()) == 1 and answer.strip().isalpha():
-            letters = {_letter(text) for text in found}
+            letters = {option_letter(text.strip()) for text in found}
             if letters == {answer.strip().upper()}:
                 return True
         elif {normalize(text) for text in found} == {normalize(answer)}:
@@ -136,31 +119,16 @@ def score_output(output: str, item: EvalItem) -> bool:
     raise ValueError("choice items are scored by log-likelihood: use choice_loglik or evaluate")
 
 
-@torch.no_grad()
 def choice_loglik(model, tokenizer, items: list[EvalItem], batch_size: int = 8) -> list[list[float]]:
     """Each option's mean per-token log-prob as the assistant's answer to the item's prompt.
 
     The mean (not the sum) so that long options are not penalised for their length; the
-    end-of-answer token that `demonstration_batch` appends is left out. The model's pick
-    is the option with the highest score (`pick_choices`). Returns one list per item.
+    end-of-answer token is left out. The model's pick is the option with the highest score
+    (`pick_choices`). Returns one list per item.
     """
     pairs = [(render(tokenizer, item.messages), option) for item in items for option in item.choices or []]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    try:
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            batch = demonstration_batch(tokenizer, [p for p, _ in chunk], [o for _, o in chunk], device)
-            logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-            logprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
-            mask = batch.completion_mask.clone()
-            mask[torch.arange(len(chunk)), mask.sum(-1) - 1] = 0  # the appended EOS
-            mask = mask.float()
-            scores += ((logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
-    finally:
-        model.train(was_training)
+    scores = mean_logprobs(model, tokenizer, [p for p, _ in pairs], [o for _, o in pairs], with_eos=False,
+                           batch_size=batch_size)
     out, position = [], 0
     for item in items:
         n = len(item.choices or [])

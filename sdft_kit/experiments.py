@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .config import Config
 from .evaluate import EvalItem, evaluate
+from .records import StepRecord
 from .tasks import Task, load_task
 
 METHODS = ("sft", "sdft")
@@ -43,12 +44,9 @@ def mean_std(values: list[float]) -> dict:
 
 def _fresh_model(config: Config, seed: int):
     """A fresh base model with a fresh LoRA adapter: every method starts from the same weights."""
-    import torch
+    from .models import add_lora, load_model, set_threads
 
-    from .models import add_lora, load_model
-
-    if config.train.threads:  # before any evaluation, not only inside the Trainer
-        torch.set_num_threads(config.train.threads)
+    set_threads(config.train.threads)  # before any evaluation, not only inside the Trainer
     base, tokenizer = load_model(config.model.model, config.model)
     return add_lora(base, config.model, seed=seed), tokenizer
 
@@ -65,7 +63,7 @@ def _new_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _train(config: Config, task: Task, run_dir: Path, model, tokenizer, progress: bool) -> tuple[list[dict], float]:
+def _train(config: Config, task: Task, run_dir: Path, model, tokenizer, progress: bool) -> tuple[list[StepRecord], float]:
     from .trainer import Trainer
 
     start = time.perf_counter()
@@ -272,7 +270,7 @@ def write_html(report: dict, path: Path, run_dirs: dict[str, Path]) -> Path:
     """report.html: the table (or retention matrices) and the training curves, plotly inlined."""
     from plotly.offline import get_plotlyjs
 
-    from .trainer import load_records
+    from .records import load_records
     from .views import curves, retention_matrix
 
     figures = []

@@ -52,25 +52,11 @@ def to_buckets(logprobs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return torch.cat([chosen, tail], dim=-1)
 
 
-def token_divergence(
-    student_logits: torch.Tensor,
-    teacher_logprobs: torch.Tensor,
-    completion_ids: torch.Tensor,
-    *,
-    alpha: float = 0.0,
-    vocab: str = "full",
-    teacher_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Divergence at every completion position, shape (B, C).
-
-    vocab="full": teacher_logprobs is (B, C, V).
-    vocab="topk": teacher_logprobs is the teacher's K+1 buckets (B, C, K+1) over its
-        top-K tokens `teacher_indices` (B, C, K), as made by `teacher_topk`.
-    vocab="sampled": the two buckets {sampled token, rest}; teacher_logprobs is
-        (B, C, 2) as made by `to_buckets(teacher_full, completion_ids[..., None])`.
-    """
+def token_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, completion_ids: torch.Tensor,
+                     **options) -> torch.Tensor:
+    """`logprob_divergence` from the student's logits (options: alpha, vocab, teacher_indices)."""
     return logprob_divergence(F.log_softmax(student_logits.float(), dim=-1), teacher_logprobs, completion_ids,
-                              alpha=alpha, vocab=vocab, teacher_indices=teacher_indices)
+                              **options)
 
 
 def logprob_divergence(
@@ -82,7 +68,14 @@ def logprob_divergence(
     vocab: str = "full",
     teacher_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`token_divergence` from the student's log-probs, for callers that need them too."""
+    """Divergence at every completion position, shape (B, C), from the student's log-probs (B, C, V).
+
+    vocab="full": teacher_logprobs is (B, C, V).
+    vocab="topk": teacher_logprobs is the teacher's K+1 buckets (B, C, K+1) over its
+        top-K tokens `teacher_indices` (B, C, K), as made by `teacher_topk`.
+    vocab="sampled": the two buckets {sampled token, rest}; teacher_logprobs is
+        (B, C, 2) as made by `to_buckets(teacher_full, completion_ids[..., None])`.
+    """
     if vocab == "full":
         return divergence(student_logprobs, teacher_logprobs, alpha)
     if vocab == "topk":
@@ -120,6 +113,20 @@ def sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (per_token * mask).sum() * 0.0  # keeps the graph; nothing to learn here
     per_sequence = (per_token * mask).sum(-1) / counts.clamp(min=1)
     return per_sequence[has_tokens].mean()
+
+
+def chunk_shares(mask: torch.Tensor, size: int) -> list[tuple[slice, float]]:
+    """Row chunks of at most `size` rows (0: one chunk) and each one's share of `sequence_mean`.
+
+    `sequence_mean` averages over the sequences that have a token in `mask`, so a chunk's
+    mean weighted by its share of those sequences sums to the whole batch's mean: the
+    chunks' losses and gradients add up to exactly the whole batch's.
+    """
+    counted = mask.sum(-1) > 0
+    total = max(int(counted.sum()), 1)
+    rows = mask.shape[0]
+    size = size or rows
+    return [(slice(lo, lo + size), int(counted[lo:lo + size].sum()) / total) for lo in range(0, rows, size)]
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

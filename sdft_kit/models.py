@@ -7,6 +7,7 @@ cache in the user cache dir; later loads take well under 2 s.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -109,6 +110,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def model_path(name: str) -> str:
+    """Where to load a model from: the embedded model's cache folder, else the name itself (Hub id or path)."""
+    return str(embedded_model_dir()) if name == EMBEDDED else name
+
+
+def uses_4bit(config: ModelConfig) -> bool:
+    """Whether the base is loaded in 4-bit: as configured, else on when CUDA is used."""
+    if config.load_in_4bit is not None:
+        return config.load_in_4bit
+    return resolve_device(config.device).type == "cuda"
+
+
 def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The base model (no adapter) and its tokenizer, ready for `add_lora`.
 
@@ -118,8 +131,8 @@ def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple
     config = config or ModelConfig(model=name)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    path = str(embedded_model_dir()) if name == EMBEDDED else name
-    load_in_4bit = config.load_in_4bit if config.load_in_4bit is not None else device.type == "cuda"
+    path = model_path(name)
+    load_in_4bit = uses_4bit(config)
 
     kwargs: dict = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
     if load_in_4bit:
@@ -183,6 +196,32 @@ def load_adapter(adapter_dir: str | Path, config: ModelConfig | None = None):
         raise RuntimeError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
     model, tokenizer = load_model(config.model if config else EMBEDDED, config)
     return PeftModel.from_pretrained(model, adapter_dir), tokenizer
+
+
+def lora_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """The trainable adapter tensors by name (the 'default' LoRA adapter)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def is_quantized(model) -> bool:
+    return getattr(model.config, "quantization_config", None) is not None
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode inside the block, back in the mode it was in afterwards (even on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's CPU threads (0 leaves torch's default). One thread is fastest for a small model on a busy CPU."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def peak_rss_mb() -> float:

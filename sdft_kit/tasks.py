@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .data import DataError, Example, _file_records, _query, example_from_record, load_examples
 from .evaluate import ANSWER_PATTERN, KINDS, EvalItem
+from .text import option_letter
 
 TASK_DATA = Path(__file__).parent / "task_data"
 TASKS = ("knowledge", "tooluse", "skills_probe")
@@ -76,15 +77,15 @@ def load_eval_items(path: str | Path) -> list[EvalItem]:
     return items
 
 
-def _letter(value, where: str) -> str:
+def _answer_letter(value, where: str) -> str:
     """'B', '(b)', 'B) text', '<answer>B</answer>' or an index 0-3 -> 'B'."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(LETTERS):
         return LETTERS[value]
     if isinstance(value, str):
         tagged = re.search(ANSWER_PATTERN, value, flags=re.DOTALL | re.IGNORECASE)
-        match = re.match(r"^\s*\(?([A-Da-d])\)?(?:[).:\s]|$)", tagged[1] if tagged else value)
-        if match:
-            return match[1].upper()
+        letter = option_letter(tagged[1] if tagged else value, LETTERS)
+        if letter:
+            return letter
     raise DataError(f"{where}: the answer {value!r} is not an option letter A-D (or an index 0-3).")
 
 
@@ -110,9 +111,9 @@ def _science_record(record: dict, where: str) -> tuple[tuple[dict, ...], str, st
         raise DataError(f"{where}: needs 'prompt', 'messages' or 'question' + 'choices'.")
     field = next((f for f in ("answer", "label", "gold", "correct_answer") if f in record), None)
     if field is not None:
-        answer = _letter(record[field], where)
+        answer = _answer_letter(record[field], where)
     elif demonstration is not None and re.search(ANSWER_PATTERN, demonstration, flags=re.DOTALL | re.IGNORECASE):
-        answer = _letter(demonstration, where)
+        answer = _answer_letter(demonstration, where)
     else:
         raise DataError(f"{where}: no answer: add 'answer' (the letter, e.g. \"B\"), or end the demonstration "
                         "with <answer>B</answer>.")

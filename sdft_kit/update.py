@@ -1,22 +1,29 @@
 """Step 4, update: the student's loss on its own tokens, and the optimizer step.
 
-`distill_loss` (SDFT) and `demonstration_loss` (the SFT baseline) take the same
-`Completions` layout and return the same `StudentScores`, so the trainer, the records
-and the views treat both methods alike.
+Two objectives with one signature, `objective(model, teacher, batch, config) -> Objective`:
+    sdft_objective  the teacher scores the completion (step 3); the student's per-token
+                    distribution is pulled towards the teacher's (`distill_loss`);
+    sft_objective   cross-entropy of the demonstration, the baseline (`demonstration_loss`).
+Both work on the same `Completions` layout and return the loss with what the step records
+need, so the trainer, the records and the views treat both methods alike.
+Adding an objective: a function here with that signature, and its name in config.Method.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
-from .config import LossConfig, TrainConfig
+from .batch import Completions, completion_logits
+from .config import Config, LossConfig, TrainConfig
 from .losses import logprob_divergence, sequence_mean, sft_loss, skip_first
-from .rollout import Completions
-from .scoring import TeacherScores, completion_logits, lora_parameters
+from .models import lora_parameters
+from .scoring import TeacherScores, score_teacher
+from .teachers import Teacher
 
 
 @dataclass
@@ -28,6 +35,20 @@ class StudentScores:
     top_ids: torch.Tensor  # (B, C, record_k)
     top_logprobs: torch.Tensor
     is_weight: torch.Tensor | None = None  # (B, C) importance weights, for rollouts from other weights
+
+
+@dataclass
+class Objective:
+    """One objective's result on a batch: the student's loss and scores, the teacher's (SDFT), and timings."""
+
+    student: StudentScores
+    teacher: TeacherScores | None
+    seconds: dict[str, float] = field(default_factory=dict)  # 'teacher' and 'student' passes
+
+
+def loss_mask(batch: Completions, method: str, config: LossConfig) -> torch.Tensor:
+    """The completion tokens a method's loss counts: SDFT leaves out the first `skip_first`, SFT counts all."""
+    return skip_first(batch.completion_mask, config.skip_first) if method == "sdft" else batch.completion_mask
 
 
 def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
@@ -48,19 +69,19 @@ def importance_weights(student_logprobs: torch.Tensor, sampler_logprobs: torch.T
     return (student_logprobs.detach() - sampler_logprobs).exp().clamp(max=cap)
 
 
-def distill_loss(model, student_prompt_ids: torch.Tensor, student_prompt_mask: torch.Tensor, batch: Completions,
-                 teacher: TeacherScores, config: LossConfig | None = None, record_k: int = 5) -> StudentScores:
+def distill_loss(model, batch: Completions, teacher: TeacherScores, config: LossConfig | None = None,
+                 record_k: int = 5) -> StudentScores:
     """Per-token divergence to the teacher, mean per sequence, then over the batch.
 
     When the rollout came from other weights (`batch.sampler_logprobs`), each token's
     divergence is weighted by `importance_weights` before the mean.
     """
     config = config or LossConfig()
-    logits = completion_logits(model, student_prompt_ids, student_prompt_mask, batch)
+    logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
     logprobs = F.log_softmax(logits.float(), dim=-1)  # once: for the loss and for the records
     per_token = logprob_divergence(logprobs, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
                                    vocab=config.vocab, teacher_indices=teacher.indices)
-    mask = skip_first(batch.completion_mask, config.skip_first)
+    mask = loss_mask(batch, "sdft", config)
     view = _student_view(logprobs, batch, record_k)
     weight = None
     if batch.sampler_logprobs is not None:
@@ -77,10 +98,28 @@ def distill_loss(model, student_prompt_ids: torch.Tensor, student_prompt_mask: t
 def demonstration_loss(model, batch: Completions, record_k: int = 5) -> StudentScores:
     """SFT: cross-entropy of the demonstration tokens given the student prompt."""
     logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-    loss, nll = sft_loss(logits, batch.completion_ids, batch.completion_mask)
+    mask = loss_mask(batch, "sft", LossConfig())  # every demonstration token
+    loss, nll = sft_loss(logits, batch.completion_ids, mask)
     with torch.no_grad():
         logprobs = F.log_softmax(logits.float(), dim=-1)
-    return StudentScores(loss, nll.detach(), batch.completion_mask, *_student_view(logprobs, batch, record_k))
+    return StudentScores(loss, nll.detach(), mask, *_student_view(logprobs, batch, record_k))
+
+
+def sdft_objective(model, teacher: Teacher, batch: Completions, config: Config) -> Objective:
+    """SDFT: the teacher scores the student's own completion, then the student's distill loss."""
+    start = time.perf_counter()
+    scores = score_teacher(teacher, batch, vocab=config.loss.vocab, topk=config.loss.topk,
+                           record_k=config.train.record_topk)
+    middle = time.perf_counter()
+    student = distill_loss(model, batch, scores, config.loss, config.train.record_topk)
+    return Objective(student, scores, {"teacher": middle - start, "student": time.perf_counter() - middle})
+
+
+def sft_objective(model, teacher: Teacher | None, batch: Completions, config: Config) -> Objective:
+    """SFT: the demonstration's cross-entropy; the teacher is not used."""
+    start = time.perf_counter()
+    student = demonstration_loss(model, batch, config.train.record_topk)
+    return Objective(student, None, {"teacher": 0.0, "student": time.perf_counter() - start})
 
 
 def make_optimizer(model, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

@@ -10,7 +10,7 @@
     batch_html(...)           a batch as the model sees it: which tokens are context, which are trained
     export_token_html(...)    strip + detail as one self-contained HTML file
 
-Every figure reads only what a record of `metrics.jsonl` holds (see `trainer.sample_record`),
+Every figure reads only what a record of `metrics.jsonl` holds (see `records.StepRecord`),
 so a finished run re-plots from `load_records(run_dir)`.
 """
 
@@ -23,6 +23,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
+
+from .records import StepRecord
 
 RED, BLUE, WHITE = "#b2182b", "#2166ac", "#f7f7f7"
 DIVERGING = [[0.0, RED], [0.25, "#ef8a62"], [0.5, WHITE], [0.75, "#67a9cf"], [1.0, BLUE]]
@@ -59,7 +61,7 @@ def escaped(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def metrics_for(record: dict) -> list[str]:
+def metrics_for(record: StepRecord) -> list[str]:
     """The metrics a record can be coloured by, default first (SFT records have no teacher)."""
     sample = record.get("sample") or {}
     return SDFT_METRICS if sample.get("teacher_logprob") is not None else SFT_METRICS
@@ -141,7 +143,7 @@ def _prompt_text(prompt) -> str:
     return _short(prompt)
 
 
-def record_title(record: dict) -> str:
+def record_title(record: StepRecord) -> str:
     """One line naming a record: step, method and (shortened) prompt, as plain text."""
     sample = record.get("sample") or {}
     parts = [f"step {record['step']}" + (f"/{record['steps']}" if record.get("steps") else "")
@@ -164,7 +166,7 @@ def strip_layout(shown: list[str], chars_per_row: int, gap: float = 0.6) -> list
     return places
 
 
-def token_strip(record: dict, metric: str | None = None, selected: int | None = None,
+def token_strip(record: StepRecord, metric: str | None = None, selected: int | None = None,
                 chars_per_row: int = 80) -> go.Figure:
     """The student's completion as tokens, each coloured by `metric` (see METRICS).
 
@@ -222,7 +224,7 @@ def token_strip(record: dict, metric: str | None = None, selected: int | None = 
     return fig
 
 
-def loudest_token(record: dict, metric: str) -> int:
+def loudest_token(record: StepRecord, metric: str) -> int:
     """The position with the largest finite |value| of `metric`: where to look first."""
     sample = record.get("sample") or {}
     if not sample.get("tokens"):
@@ -246,7 +248,7 @@ def _topk_bars(topk: list, sampled: str, other: set[str]) -> go.Bar:
                   hoverinfo="text", showlegend=False)
 
 
-def token_detail(record: dict, position: int) -> go.Figure:
+def token_detail(record: StepRecord, position: int) -> go.Figure:
     """Student top-k and teacher top-k at one position of the completion, as bars.
 
     Orange (outlined) is the token the student actually sampled; blue bars are tokens both
@@ -305,7 +307,7 @@ def _finite_or_none(x) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
-def curves(*runs: list[dict], names: list[str] | None = None, weight: float = 0.6) -> go.Figure:
+def curves(*runs: list[StepRecord], names: list[str] | None = None, weight: float = 0.6) -> go.Figure:
     """Loss (left) and mean per-token KL (right) against the optimizer step, for one or more runs.
 
     Each run is a list of step records; pass an SDFT and an SFT run to compare them on one
@@ -383,7 +385,7 @@ def before_after(prompt: str, base_answer: str, trained_answer: str, teacher_ans
     return fig
 
 
-def token_change(before: dict, after: dict, metric: str | None = None) -> go.Figure:
+def token_change(before: StepRecord, after: StepRecord, metric: str | None = None) -> go.Figure:
     """The same completion's per-token values in two records (e.g. before and after an update).
 
     Both records must hold the same tokens. Bars per position: grey before, blue after;
@@ -484,7 +486,7 @@ document.getElementById("strip").on("plotly_click", function (event) {{
 """
 
 
-def export_token_html(record: dict, path: str | Path, metric: str | None = None) -> Path:
+def export_token_html(record: StepRecord, path: str | Path, metric: str | None = None) -> Path:
     """Write the token view of one record as a single HTML file that needs no network:
     the token strip, and below it the top-k detail of the token clicked (initially the one
     with the largest |value|). plotly.js is inlined (about 4.7 MB)."""

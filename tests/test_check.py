@@ -15,13 +15,13 @@ from sdft_kit.check import (
     check_teacher,
     contains_scorer,
     copies,
-    demonstration_logprobs,
     echo_span,
     echoes,
     exact_scorer,
     judge,
     template_label,
 )
+from sdft_kit.batch import mean_logprobs
 from sdft_kit.cli import main
 from sdft_kit.config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES, TeacherConfig
 from sdft_kit.data import Example
@@ -209,13 +209,13 @@ def one_thread():
 
 
 
-def test_demonstration_logprobs_do_not_depend_on_batching(model_and_tokenizer, one_thread):
+def test_mean_logprobs_of_demonstrations_do_not_depend_on_batching(model_and_tokenizer, one_thread):
     model, tok = model_and_tokenizer
     examples = INFORMATIVE[:3]
     prompts = [student_prompt(tok, e) for e in examples]
     demos = [e.demonstration for e in examples]
-    together = demonstration_logprobs(model, tok, prompts, demos)
-    alone = [demonstration_logprobs(model, tok, [p], [d])[0] for p, d in zip(prompts, demos)]
+    together = mean_logprobs(model, tok, prompts, demos)
+    alone = [mean_logprobs(model, tok, [p], [d])[0] for p, d in zip(prompts, demos)]
     assert together == pytest.approx(alone, abs=1e-4)
     assert all(-10 < x < 0 for x in together)
 

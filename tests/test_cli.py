@@ -69,4 +69,4 @@ def test_every_command_prints_its_help(command, capsys):
     out = capsys.readouterr().out
     assert "usage:" in out
     if command == "train":  # every config field is a flag, new ones included
-        assert "--weights" in out and "--release-memory" in out and "--is-cap" in out
+        assert "--engine" in out and "--release-memory" in out and "--is-cap" in out

@@ -5,13 +5,17 @@ import contextlib
 import pytest
 import torch
 
+import sdft_kit.int8 as int8_module
 import sdft_kit.rollout as rollout_module
 from sdft_kit import Config, Trainer, add_lora, load_model
 from sdft_kit.demos import student_prompt
 from sdft_kit.config import LossConfig
 from sdft_kit.losses import teacher_topk
-from sdft_kit.rollout import Completions, RolloutConfig, int8_weights, rollout, tokenize_prompts
-from sdft_kit.scoring import TeacherScores, completion_logits, lora_parameters
+from sdft_kit.batch import Completions, completion_logits, tokenize_prompts
+from sdft_kit.int8 import int8_weights
+from sdft_kit.models import lora_parameters
+from sdft_kit.rollout import RolloutConfig, rollout
+from sdft_kit.scoring import TeacherScores
 from sdft_kit.update import distill_loss, importance_weights
 
 
@@ -36,7 +40,8 @@ def test_chunked_step_equals_whole_batch(demo_examples, overrides):
         model, tokenizer = _perturbed_lora_model()
         trainer = Trainer(config.replace(chunk_size=chunk_size), demo_examples, model=model, tokenizer=tokenizer)
         timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0}
-        loss, kl_sum, tokens, _ = trainer._micro_batch(timings, [0.0, 0])
+        part = trainer._micro_batch(timings)
+        loss, kl_sum, tokens = part.loss, part.divergence_sum, part.tokens
         grads = {n: p.grad.clone() for n, p in lora_parameters(model).items()}
         results[chunk_size] = (loss, kl_sum, tokens, grads)
     (loss0, kl0, tokens0, grads0), (loss1, kl1, tokens1, grads1) = results[0], results[1]
@@ -116,7 +121,7 @@ def _rescored(model, batch, temperature):
 def test_int8_rollout_records_the_samplers_log_probs(demo_examples, monkeypatch):
     model, tokenizer = _perturbed_lora_model()
     prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:3]]
-    config = RolloutConfig(max_new_tokens=12, temperature=0.8, weights="int8")
+    config = RolloutConfig(max_new_tokens=12, temperature=0.8, engine="int8")
     torch.manual_seed(0)
     batch = rollout(model, tokenizer, prompts, config)
     assert batch.sampler_logprobs.shape == batch.completion_ids.shape and batch.temperature == 0.8
@@ -124,7 +129,7 @@ def test_int8_rollout_records_the_samplers_log_probs(demo_examples, monkeypatch)
         rescored, recorded = _rescored(model, batch, 0.8)
     assert float((rescored - recorded).abs().mean()) < 0.05  # bf16 activations round differently
     # with the sampler swapped for the exact student, the record is the student's log p, token by token
-    monkeypatch.setattr(rollout_module, "int8_weights", lambda m: contextlib.nullcontext())
+    monkeypatch.setattr(int8_module, "int8_weights", lambda m: contextlib.nullcontext())
     batch = rollout(model, tokenizer, prompts, config)
     rescored, recorded = _rescored(model, batch, 0.8)
     torch.testing.assert_close(recorded, rescored, rtol=0, atol=1e-4)
@@ -156,7 +161,7 @@ def test_importance_weighted_loss_equals_the_plain_loss_when_sampler_and_student
 
     def loss_and_grads(b):
         model.zero_grad()
-        scores = distill_loss(model, b.prompt_ids, b.prompt_mask, b, teacher, config)
+        scores = distill_loss(model, b, teacher, config)
         scores.loss.backward()
         return scores, {n: p.grad.clone() for n, p in lora_parameters(model).items()}
 
@@ -184,7 +189,7 @@ def test_importance_weighted_loss_equals_the_plain_loss_when_sampler_and_student
 
 def test_a_trainer_with_int8_rollouts_reports_its_importance_weights(demo_examples):
     config = Config().replace(batch_size=2, max_new_tokens=8, steps=1, teacher="base", vocab="topk", topk=20,
-                              weights="int8")
+                              engine="int8")
     record = Trainer(config, demo_examples).train_step()
     assert 0.5 < record["is_weight"] < 1.5  # int8 sampling stays close to the student
     assert torch.isfinite(torch.tensor(record["loss"]))
@@ -196,5 +201,5 @@ def test_int8_rollouts_refuse_4_bit_or_gpu_models(lora_model):
     with pytest.raises(ValueError, match="CPU option"):
         with int8_weights(model):
             pass
-    with pytest.raises(ValueError, match="weights must be one of"):
-        RolloutConfig(weights="fp8")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        RolloutConfig(engine="fp8")

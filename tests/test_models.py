@@ -4,10 +4,11 @@ import time
 import pytest
 import torch
 
-from sdft_kit import EMATeacher, add_lora, load_adapter, load_model, teacher_view
+from sdft_kit import EMATeacher, add_lora, load_adapter, load_model, make_teacher
 from sdft_kit.demos import student_prompt, teacher_prompt
-from sdft_kit.rollout import demonstration_batch, tokenize_prompts
-from sdft_kit.scoring import completion_logits, lora_parameters
+from sdft_kit.batch import completion_logits, demonstration_batch, tokenize_prompts
+from sdft_kit.config import TEACHER_KINDS
+from sdft_kit.models import lora_parameters
 
 
 def _perturb_adapter(model, scale=0.05):
@@ -57,7 +58,8 @@ def test_adapter_save_and_reload_give_identical_logits(lora_model, demo_examples
 
 def test_teacher_views_share_the_base_weights(lora_model, demo_examples):
     model, tokenizer = lora_model
-    ema = EMATeacher(model, rate=0.5)  # the EMA starts at the initial adapter...
+    teachers = {kind: make_teacher(kind, model, ema_rate=0.5) for kind in TEACHER_KINDS}
+    ema = teachers["ema"]  # the EMA starts at the initial adapter...
     _perturb_adapter(model)  # ...and the student moves away from it
     base_params = {n: p for n, p in model.named_parameters() if "lora_" not in n}
     pointers = {n: p.data_ptr() for n, p in base_params.items()}
@@ -66,10 +68,10 @@ def test_teacher_views_share_the_base_weights(lora_model, demo_examples):
 
     batch = _batch(tokenizer, demo_examples[:2])
     seen = {}
-    for kind in ("base", "ema", "live"):
-        with torch.no_grad(), teacher_view(model, kind, ema):
-            seen[kind] = {n: p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n}
-            logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
+    for kind, teacher in teachers.items():
+        with torch.no_grad(), teacher.view() as view:
+            seen[kind] = {n: p.data_ptr() for n, p in view.named_parameters() if "lora_" not in n}
+            logits = completion_logits(view, batch.prompt_ids, batch.prompt_mask, batch)
         assert seen[kind] == pointers, f"teacher '{kind}' does not use the student's base weights"
         seen[kind] = logits
     # The views are really different teachers, computed on the same weights in memory.
@@ -93,7 +95,7 @@ def test_ema_update_moves_towards_student(lora_model):
     start = ema.shadow[name].clone()
     with torch.no_grad():
         param.add_(1.0)
-    ema.update(model)
+    ema.after_step()
     torch.testing.assert_close(ema.shadow[name], start + 0.25 * (param.detach() - start))
 
 

@@ -3,7 +3,7 @@ import torch
 from sdft_kit import RolloutConfig
 from sdft_kit.rollout import rollout
 from sdft_kit.demos import student_prompt
-from sdft_kit.rollout import demonstration_batch, eos_ids, mask_after_eos
+from sdft_kit.batch import demonstration_batch, eos_ids, mask_after_eos
 
 
 def test_mask_up_to_and_including_first_eos():

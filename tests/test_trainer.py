@@ -6,19 +6,19 @@ import torch
 from sdft_kit import Config, Trainer, load_records
 from sdft_kit.demos import student_prompt, teacher_prompt
 from sdft_kit.losses import sequence_mean, token_divergence
-from sdft_kit.rollout import RolloutConfig, rollout, tokenize_prompts
+from sdft_kit.batch import completion_logits
+from sdft_kit.rollout import RolloutConfig, rollout
 from sdft_kit.scoring import score_teacher
+from sdft_kit.teachers import make_teacher
 
 TINY = dict(batch_size=2, max_new_tokens=12, threads=0, save_every=1)
 
 
 def _kl_on(model, tokenizer, example, batch):
     """Forward KL(base teacher || student) on fixed completions, full vocabulary, no skip."""
-    t_ids, t_mask = tokenize_prompts(tokenizer, [teacher_prompt(tokenizer, example, [example.demonstration])]
-                                     * batch.completion_ids.shape[0], torch.device("cpu"))
-    teacher = score_teacher(model, t_ids, t_mask, batch, kind="base")
-    from sdft_kit.scoring import completion_logits
-
+    scored = batch.with_teacher_prompts(tokenizer, [teacher_prompt(tokenizer, example, [example.demonstration])]
+                                        * batch.completion_ids.shape[0])
+    teacher = score_teacher(make_teacher("base", model), scored)
     with torch.no_grad():
         logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
     return float(sequence_mean(token_divergence(logits, teacher.logprobs, batch.completion_ids), batch.completion_mask))
@@ -105,8 +105,8 @@ def test_resume_sdft_restores_ema_teacher(demo_examples, tmp_path):
     first = Trainer(config, demo_examples, tmp_path / "run")
     next(first.steps())
     resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
-    for name, tensor in first.ema.shadow.items():
-        torch.testing.assert_close(resumed.ema.shadow[name], tensor, rtol=0, atol=0)
+    for name, tensor in first.teacher.shadow.items():
+        torch.testing.assert_close(resumed.teacher.shadow[name], tensor, rtol=0, atol=0)
     assert [r["step"] for r in resumed.train(progress=False)] == [2]
 
 

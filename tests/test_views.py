@@ -210,7 +210,7 @@ def test_token_change_compares_the_same_tokens_and_counts_what_went_down():
 def test_batch_html_marks_prompt_trained_and_skipped_tokens():
     import torch
 
-    from sdft_kit.rollout import Completions
+    from sdft_kit.batch import Completions
 
     class Tok:
         def decode(self, ids):
