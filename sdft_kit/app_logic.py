@@ -21,9 +21,10 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import Config, fields_by_section
+from .config import Config, fields_by_section, flag
 from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, load_examples
 from .demos import DemoSelector, student_prompt, teacher_prompt
+from .records import StepRecord, load_records
 
 SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (same, as CSV)": SAMPLES_DIR / "demo.csv"}
 UPLOAD_NAME = "uploaded file"
@@ -85,11 +86,10 @@ def load_tokenizer(model: str):
     if model not in _tokenizers:
         from transformers import AutoTokenizer
 
-        from .models import EMBEDDED, embedded_model_dir
+        from .models import model_path
 
-        path = str(embedded_model_dir()) if model == EMBEDDED else model
         try:
-            _tokenizers[model] = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            _tokenizers[model] = AutoTokenizer.from_pretrained(model_path(model), trust_remote_code=False)
         except OSError as err:
             raise RuntimeError(f"Could not load the tokenizer of {model!r} ({err}). Use 'embedded', a local folder "
                                "or a Hugging Face id that is cached or reachable.") from None
@@ -115,13 +115,14 @@ def preview_rows(examples: list[Example], tokenizer, config: Config | None = Non
 
 
 # -- config and the equivalent command -------------------------------------------------------
-def make_config(model: str = "embedded", load_in_4bit: bool | None = None, method: str = "sdft", steps: int = 12,
+def make_config(*, model: str = "embedded", load_in_4bit: bool | None = None, method: str = "sdft", steps: int = 12,
                 learning_rate: float = 5e-4, lora_r: int = 16, max_new_tokens: int = 48, batch_size: int = 2,
                 teacher: str = "ema", divergence: str = "forward KL (paper)", topk: int = 0,
                 threads: int = 1) -> Config:
-    """The Config for the Train tab's knobs; raises ValueError saying what to change.
+    """The Config for the Train tab's settings, by name; raises ValueError saying what to change.
 
-    topk 0 compares the full vocabularies, k > 0 the teacher's top-k plus a tail bucket."""
+    Every name but two is the config field's: divergence is a name from DIVERGENCES (the loss's
+    alpha), and topk 0 compares the full vocabularies, k > 0 the teacher's top-k plus a tail bucket."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}; got {divergence!r}")
     vocab = {"vocab": "topk", "topk": int(topk)} if topk and int(topk) > 0 else {}
@@ -140,11 +141,10 @@ def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-r
         value = values[section][f.name]
         if value == defaults[section][f.name]:
             continue
-        flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
+            parts.append(flag(f.name) if value else "--no-" + flag(f.name)[2:])
         else:
-            parts += [flag, str(value)]
+            parts += [flag(f.name), str(value)]
     return " ".join(shlex.quote(part) for part in parts)
 
 
@@ -236,7 +236,7 @@ class TrainingWorker:
             self._thread.join(timeout)
 
     # -- what the page shows --
-    def records(self) -> list[dict]:
+    def records(self) -> list[StepRecord]:
         return list(self._records)
 
     def status(self) -> Status:
@@ -272,7 +272,7 @@ class TrainingWorker:
 
     def _launch(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
         self.run_dir, self.state, self.error, self.teacher_check = run_dir, "loading", "", ""
-        self._records = _read_records(run_dir) if resume else []
+        self._records = load_records(run_dir) if resume else []
         self._first_step = self._records[-1]["step"] if self._records else 0
         self._steps = config.train.steps
         self._started = self._last_step_at = time.time()
@@ -290,7 +290,7 @@ class TrainingWorker:
                 from .check import quick_check
 
                 self.teacher_check = quick_check(trainer).summary()  # shown under the status line
-            self._records = _read_records(run_dir)  # resume trims steps logged after the checkpoint
+            self._records = load_records(run_dir)  # resume trims steps logged after the checkpoint
             self.state, self._last_step_at = "training", time.time()
             stopped = self._stop.is_set()
             steps = trainer.steps()
@@ -310,13 +310,6 @@ class TrainingWorker:
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
         finally:
             _ONE_TRAINING.release()
-
-
-def _read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def list_runs(runs_dir: str | Path) -> list[Path]:
@@ -358,20 +351,13 @@ def _zip(folder: Path, target: Path, root: str, compression: int) -> None:
                 archive.write(path, f"{root}/{path.relative_to(folder)}")
 
 
-def is_4bit(config: Config) -> bool:
-    import torch
-
-    flag = config.model.load_in_4bit
-    return flag if flag is not None else (config.model.device != "cpu" and torch.cuda.is_available())
-
-
 def export_merged_zip(run_dir: Path, dest_dir: Path) -> Path:
     """Base weights with the adapter merged in (safetensors + tokenizer) as <run>-merged.zip."""
-    from .models import load_adapter
+    from .models import load_adapter, uses_4bit
 
     run_dir, dest_dir = Path(run_dir), Path(dest_dir)
     config = run_config(run_dir)
-    if is_4bit(config):
+    if uses_4bit(config.model):
         raise ValueError("this run's base model is 4-bit: merging into 4-bit weights loses precision. "
                          "Download the adapter and merge it into a 16-bit copy of the base.")
     model, tokenizer = load_adapter(adapter_dir(run_dir), config.model)
@@ -388,8 +374,8 @@ def compare_answers(prompt: str, demonstration: str, model: str = "embedded", ru
                     max_new_tokens: int = 64) -> dict:
     """Greedy answers to one prompt: the base model, base + the run's trained adapter, and the teacher (the
     base shown the demonstration, with the run's template). No run or no demonstration gives None there."""
+    from .chat import generate_text
     from .models import load_model
-    from .rollout import generate_text
 
     if not prompt.strip():
         raise ValueError("type a prompt to compare the answers")

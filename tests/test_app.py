@@ -58,7 +58,9 @@ def test_preview_shows_the_prompts_as_the_model_sees_them():
 
 
 def test_knobs_make_a_config_and_the_command_rebuilds_it():
-    config = logic.make_config("embedded", None, "sft", 7, 1e-3, 8, 32, 2, "base", "reverse KL", 50, 1)
+    config = logic.make_config(model="embedded", load_in_4bit=None, method="sft", steps=7, learning_rate=1e-3,
+                               lora_r=8, max_new_tokens=32, batch_size=2, teacher="base", divergence="reverse KL",
+                               topk=50, threads=1)
     assert (config.train.method, config.train.steps, config.model.lora_r) == ("sft", 7, 8)
     assert (config.loss.alpha, config.loss.vocab, config.loss.topk) == (1.0, "topk", 50)
     assert logic.make_config(topk=0).loss.vocab == "full"
