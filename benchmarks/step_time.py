@@ -1,16 +1,23 @@
-"""Seconds per optimizer step of SDFT vs SFT, on identical settings, one process each.
+"""Seconds per optimizer step of SDFT, SFT and TRL's SDFTTrainer, interleaved in rounds.
 
-    python benchmarks/step_time.py                      # embedded model, CPU, 1 thread
-    python benchmarks/step_time.py --threads 2 --steps 8
-    python benchmarks/step_time.py --rollout-weights int8   # sample from a per-rollout int8 copy
+    python benchmarks/step_time.py                          # sdft, sft, trl (if installed): 6 rounds
+    python benchmarks/step_time.py --methods sdft,sft --rounds 10
+    python benchmarks/step_time.py --methods sdft,sdft-int8,sft
+    python benchmarks/step_time.py --baseline ../old-checkout   # also time that checkout's sdft and sft
 
-Each method runs in its own process so its peak RSS is its own. With the `bench`
-extra (trl) installed, TRL's experimental SDFTTrainer is measured too, on the same
-model, data, LoRA, batch, new tokens, teacher kind, loss (forward KL on the top-k
-with a tail bucket, 3 tokens skipped), template and thread count. Reported: median
-seconds per optimizer step after warm-up, median seconds per phase, rollout tokens
-per second and peak memory. Writes JSON (default benchmarks/results/step_time.json)
-and prints a table.
+Every method runs in its own long-lived worker process (so its peak RSS is its own), which
+loads the model, warms up, then waits. The driver asks the workers for one optimizer step
+each, in turn, round after round (sdft, sft, trl, sdft, sft, trl, ...; the order rotates each
+round), so a change of machine load mid-run hits every method alike; only one worker computes
+at a time. Reported per method: the median seconds per step with its spread (min-max over
+rounds), median seconds per phase, rollout tokens per second, peak RSS; and for each pair of
+methods the ratio of their step times within each round, as a median with its spread.
+
+Methods: sdft (rollouts by transformers' generate), sdft-int8 (the int8 engine), sft, trl
+(TRL's experimental SDFTTrainer, `pip install 'sdft-kit[bench]'`), all on the same model,
+data, LoRA, batch, new tokens, teacher kind, loss (forward KL on the top-k with a tail
+bucket, 3 tokens skipped), template and thread count. Writes JSON (default
+benchmarks/results/step_time.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -26,51 +34,43 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
+ENGINES = {"sdft": "hf", "sdft-int8": "int8"}  # sdft-kit methods and the rollout engine each uses
 
 
-def settings(args: argparse.Namespace) -> dict:
-    return {
-        "model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "lora_r": 16, "lora_target": "all-linear", "teacher": args.teacher, "vocab": args.vocab, "topk": args.topk,
-        "alpha": 0.0, "threads": args.threads, "chunk_size": args.chunk_size, "dtype": args.dtype,
-        "rollout_weights": args.rollout_weights, "release_memory": args.release_memory,
-        "warmup_steps": args.warmup, "measured_steps": args.steps,
-    }
-
-
-def worker(method: str, args: argparse.Namespace) -> dict:
-    """Run in a child process: train `warmup + steps` steps and summarise."""
+# -- the worker side: one process per method, one step per request --------------------------------
+def sdft_kit_steps(method: str, args: argparse.Namespace):
+    """Yields one step's figures per `next()`, after loading and warm-up."""
     import torch
 
-    from sdft_kit import Config, Trainer, load_examples
-    from sdft_kit import SAMPLE_DATA
+    from sdft_kit import SAMPLE_DATA, Config, Trainer, load_examples
 
     torch.set_num_threads(args.threads)
-    config = Config().replace(
-        model=args.model, method=method, steps=args.warmup + args.steps, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk,
-        alpha=0.0, threads=args.threads, learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype,
-        weights=args.rollout_weights, release_memory=args.release_memory,
+    kind = "sft" if method == "sft" else "sdft"
+    overrides = dict(
+        model=args.model, method=kind, steps=10_000, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk, alpha=0.0, threads=args.threads,
+        learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype,
     )
-    trainer = Trainer(config, load_examples(SAMPLE_DATA))
-    records = trainer.train(progress=False)[args.warmup:]
-    phases = {k: statistics.median(r["seconds"][k] for r in records) for k in records[0]["seconds"]}
-    rollout_s = sum(r["seconds"]["rollout"] for r in records)
-    return {
-        "s_per_step": statistics.median(r["seconds"]["total"] for r in records),
-        "phases_s": phases,
-        "tokens_per_step": statistics.median(r["tokens"] for r in records),
-        "rollout_tokens_per_s": sum(r["tokens"] for r in records) / rollout_s if rollout_s else None,
-        "peak_rss_mb": records[-1]["peak_mem_mb"],
-        "torch_threads": torch.get_num_threads(),
-        "is_weight_mean": (statistics.mean(r["is_weight"] for r in records)
-                           if records[0].get("is_weight") is not None else None),
-    }
+    if ENGINES.get(method, "hf") != "hf":
+        overrides["engine"] = ENGINES[method]
+    trainer = Trainer(Config().replace(**overrides), load_examples(SAMPLE_DATA))
+    for _ in range(args.warmup):
+        trainer.train_step()
+    yield None  # ready
+    while True:
+        record = trainer.train_step()
+        rollout_s = record["seconds"]["rollout"]
+        yield {"s": record["seconds"]["total"], "phases": record["seconds"], "tokens": record["tokens"],
+               "rollout_tok_s": record["tokens"] / rollout_s if rollout_s else None,
+               "is_weight": record.get("is_weight"), "peak_rss_mb": record["peak_mem_mb"],
+               "threads": torch.get_num_threads()}
 
 
-def trl_worker(args: argparse.Namespace) -> dict:
-    """TRL's experimental SDFTTrainer on the settings sdft-kit runs with (needs `pip install trl`)."""
+def trl_steps(args: argparse.Namespace):
+    """TRL's SDFTTrainer, paused between steps: its callback waits for the driver's next request."""
+    import queue
     import tempfile
+    import threading
 
     import torch
     from datasets import Dataset
@@ -78,60 +78,122 @@ def trl_worker(args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from sdft_kit import PAPER_TEMPLATE, load_examples
-    from sdft_kit import SAMPLE_DATA
-    from sdft_kit.models import embedded_model_dir
-    from sdft_kit.trainer import peak_memory_mb
+    from sdft_kit import PAPER_TEMPLATE, SAMPLE_DATA, load_examples
+    from sdft_kit.models import model_path, peak_rss_mb
 
     torch.set_num_threads(args.threads)
     examples = load_examples(SAMPLE_DATA)
     data = Dataset.from_list([{"prompt": list(ex.messages), "privileged_context": ex.demonstration} for ex in examples])
-    model = str(embedded_model_dir()) if args.model == "embedded" else args.model
+    go, done = queue.Queue(), queue.Queue()
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.last = [], None
-
+    class Paced(TrainerCallback):
         def on_step_begin(self, *_, **__):
-            self.last = time.perf_counter()
+            go.get()
+            self.start = time.perf_counter()
 
         def on_step_end(self, *_, **__):
-            self.times.append(time.perf_counter() - self.last)
+            done.put(time.perf_counter() - self.start)
 
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as out:
-        config = SDFTConfig(
-            output_dir=out, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=1, num_generations=1, max_completion_length=args.max_new_tokens,
-            learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.1, max_grad_norm=1.0, weight_decay=0.0,
-            temperature=1.0, top_p=1.0, teacher_model_kind=args.teacher, distillation_alpha=0.0,
-            distillation_mode="topk_logits" if args.vocab == "topk" else "full_logits",
-            distillation_topk=args.topk, distillation_add_tail=True, distillation_is_clip=None,
-            num_loss_tokens_to_skip=3,
-            teacher_prompt_template=PAPER_TEMPLATE.replace("{demonstration}", "{privileged_context}"),
-            bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
-            logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": getattr(torch, args.dtype)},
-        )
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-        trainer = SDFTTrainer(model=model, args=config, train_dataset=data, peft_config=lora, callbacks=[timer])
-        trainer.train()
-    measured = timer.times[args.warmup:]
-    return {"s_per_step": statistics.median(measured), "phases_s": None, "tokens_per_step": None,
-            "rollout_tokens_per_s": None, "peak_rss_mb": round(peak_memory_mb(torch.device("cpu")), 1),
-            "torch_threads": torch.get_num_threads(), "trl_version": __import__("trl").__version__}
+    def train():
+        with tempfile.TemporaryDirectory() as out:
+            config = SDFTConfig(
+                output_dir=out, max_steps=10_000, per_device_train_batch_size=args.batch_size,
+                gradient_accumulation_steps=1, num_generations=1, max_completion_length=args.max_new_tokens,
+                learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.1, max_grad_norm=1.0,
+                weight_decay=0.0, temperature=1.0, top_p=1.0, teacher_model_kind=args.teacher,
+                distillation_alpha=0.0, distillation_mode="topk_logits" if args.vocab == "topk" else "full_logits",
+                distillation_topk=args.topk, distillation_add_tail=True, distillation_is_clip=None,
+                num_loss_tokens_to_skip=3,
+                teacher_prompt_template=PAPER_TEMPLATE.replace("{demonstration}", "{privileged_context}"),
+                bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
+                logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": getattr(torch, args.dtype)},
+            )
+            lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+            SDFTTrainer(model=model_path(args.model), args=config, train_dataset=data, peft_config=lora,
+                        callbacks=[Paced()]).train()
+
+    threading.Thread(target=train, daemon=True).start()
+    for _ in range(args.warmup):
+        go.put(None)
+        done.get()
+    yield None
+    while True:
+        go.put(None)
+        seconds = done.get()
+        yield {"s": seconds, "phases": None, "tokens": None, "rollout_tok_s": None, "is_weight": None,
+               "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
+               "trl_version": __import__("trl").__version__}
 
 
-def run_child(method: str, argv: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", method, *argv], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{method} benchmark failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def serve(method: str, args: argparse.Namespace) -> None:
+    """Worker main loop: load and warm up, say 'ready', then one step per line read from stdin."""
+    out = os.fdopen(os.dup(1), "w")  # the protocol's own channel: libraries' prints go to stderr
+    os.dup2(2, 1)
+    steps = trl_steps(args) if method == "trl" else sdft_kit_steps(method, args)
+    next(steps)
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        out.write(json.dumps(next(steps)) + "\n")
+        out.flush()
+
+
+# -- the driver ------------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, name: str, method: str, argv: list[str], logs: Path, code: str | None = None):
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        if code:  # another checkout of sdft-kit, ahead of the installed one
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(code).resolve()), env.get("PYTHONPATH")]))
+        self.name = name
+        self.log = open(logs / f".worker-{name.replace(' ', '-')}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", method, *argv], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+
+    def wait_ready(self) -> None:
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise SystemExit(f"worker {self.name} failed to start; see {self.log.name}")
+
+    def step(self) -> dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker {self.name} died; see {self.log.name}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(steps: list[dict]) -> dict:
+    phases = steps[0]["phases"]
+    tok_s = [s["rollout_tok_s"] for s in steps if s["rollout_tok_s"]]
+    weights = [s["is_weight"] for s in steps if s["is_weight"] is not None]
+    return {
+        "s_per_step": spread([s["s"] for s in steps]),
+        "phases_s": {k: statistics.median(s["phases"][k] for s in steps) for k in phases} if phases else None,
+        "tokens_per_step": statistics.median(s["tokens"] for s in steps) if steps[0]["tokens"] else None,
+        "rollout_tokens_per_s": spread(tok_s) if tok_s else None,
+        "is_weight_mean": statistics.mean(weights) if weights else None,
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in steps),
+        "torch_threads": steps[-1]["threads"],
+        **({"trl_version": steps[-1]["trl_version"]} if "trl_version" in steps[-1] else {}),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, pinned and reported")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker, pinned and reported")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--teacher", default="base")
@@ -140,62 +202,73 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1, help="sdft-kit rows per teacher/student pass (0 = all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="base weights' dtype, for every method (LoRA stays float32)")
-    parser.add_argument("--rollout-weights", default="exact", choices=("exact", "int8"),
-                        help="sdft-kit SDFT's rollout weights (int8: sampled from an int8 copy, importance-weighted)")
-    parser.add_argument("--release-memory", default=True, action=argparse.BooleanOptionalAction,
-                        help="sdft-kit's train.release_memory (glibc gives freed memory back at once)")
-    parser.add_argument("--methods", default="sdft,sft,trl_sdft",
-                        help="comma-separated subset of sdft, sft, trl_sdft (trl_sdft needs trl)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=5, help="measured steps after warm-up")
+    parser.add_argument("--methods", default="sdft,sft,trl",
+                        help=f"comma-separated, from {', '.join([*ENGINES, 'sft', 'trl'])} (trl needs trl)")
+    parser.add_argument("--baseline", help="another sdft-kit checkout: its sdft and sft run as extra workers")
+    parser.add_argument("--warmup", type=int, default=1, help="steps each worker runs before the rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="measured steps per method")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
     if args.worker:
-        print(json.dumps(trl_worker(args) if args.worker == "trl_sdft" else worker(args.worker, args)))
+        serve(args.worker, args)
         return
 
-    argv = [a for a in sys.argv[1:]]
+    argv = [a for a in sys.argv[1:] if not a.startswith("--baseline") and a != args.baseline]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "trl" in methods and importlib.util.find_spec("trl") is None:
+        print("trl is not installed (pip install 'sdft-kit[bench]'): TRL's SDFTTrainer is not measured")
+        methods.remove("trl")
+    names = {m: (m, None) for m in methods}
+    if args.baseline:
+        names.update({f"{m} (baseline)": (m, args.baseline) for m in ("sdft", "sft") if m in methods})
     start = time.perf_counter()
-    methods = [m for m in ("sdft", "sft") if m in args.methods.split(",")]
-    if "trl_sdft" in args.methods.split(","):
-        if importlib.util.find_spec("trl") is not None:
-            methods.append("trl_sdft")
-        else:
-            print("trl is not installed (pip install 'sdft-kit[bench]'): TRL's SDFTTrainer is not measured")
-    results = {m: run_child(m, argv) for m in methods}
-    sdft, sft, trl = results.get("sdft"), results.get("sft"), results.get("trl_sdft")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for name, (method, code) in names.items():  # start one at a time: loading competes for the CPU
+        workers.append(Worker(name, method, argv, args.out.parent, code))
+        workers[-1].wait_ready()
+    steps: dict[str, list[dict]] = {w.name: [] for w in workers}
+    try:
+        for round_ in range(args.rounds):
+            shift = round_ % len(workers)
+            for worker in workers[shift:] + workers[:shift]:
+                steps[worker.name].append(worker.step())
+            print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n} {s[-1]['s']:.2f} s" for n, s in steps.items()),
+                  flush=True)
+    finally:
+        for worker in workers:
+            worker.close()
+    results = {name: summarise(s) for name, s in steps.items()}
+    ratios = {}
+    for a in steps:
+        for b in steps:
+            if a != b and (a, b) in {("sdft", "sft"), ("sdft", "trl"), ("sdft-int8", "sft"), ("sdft-int8", "trl"),
+                                     ("sft", "sft (baseline)"), ("sdft", "sdft (baseline)"),
+                                     ("sdft-int8", "sdft")}:
+                ratios[f"{a} / {b}"] = spread([x["s"] / y["s"] for x, y in zip(steps[a], steps[b])])
     report = {
-        "settings": settings(args),
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "threads": args.threads,
-        "sdft_s_per_step": sdft["s_per_step"] if sdft else None,
-        "sft_s_per_step": sft["s_per_step"] if sft else None,
-        "trl_sdft_s_per_step": trl["s_per_step"] if trl else None,
-        "ratio_sdft_sft": sdft["s_per_step"] / sft["s_per_step"] if sdft and sft else None,
-        "ratio_sdft_trl": sdft["s_per_step"] / trl["s_per_step"] if sdft and trl else None,
-        "peak_rss_mb": {m: r["peak_rss_mb"] for m, r in results.items()},
-        "methods": results,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora_r": 16, "alpha": 0.0},
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "cores": os.cpu_count()},
+        "methods": results, "ratios_per_round": ratios, "steps": steps,
         "wall_s": round(time.perf_counter() - start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
 
-    print(f"embedded model ({args.dtype}, rollout weights {args.rollout_weights}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, "
-          f"teacher {args.teacher}, vocab {args.vocab}, {args.threads} thread(s)")
-    print(f"{'method':<9}{'s/step':>8}{'rollout':>9}{'teacher':>9}{'student':>9}{'optim':>8}{'tok/s':>8}{'peak RSS':>11}")
+    print(f"\n{args.model} ({args.dtype}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, teacher "
+          f"{args.teacher}, vocab {args.vocab}, {args.threads} thread(s), {args.rounds} interleaved rounds")
+    print(f"{'method':<18}{'s/step (min-max)':>22}{'rollout':>9}{'teacher':>9}{'student':>9}{'tok/s':>8}{'peak RSS':>11}")
     for name, r in results.items():
-        p = r["phases_s"] or {}
+        p, s = r["phases_s"] or {}, r["s_per_step"]
         cells = "".join(f"{p[k]:>9.2f}" if k in p else f"{'-':>9}" for k in ("rollout", "teacher", "student"))
-        optim = f"{p['optimizer']:>8.2f}" if p else f"{'-':>8}"
-        tps = f"{r['rollout_tokens_per_s']:.0f}" if r["rollout_tokens_per_s"] else "-"
-        print(f"{name:<9}{r['s_per_step']:>8.2f}{cells}{optim}{tps:>8}{r['peak_rss_mb']:>8.0f} MB")
-    ratios = [f"{name} = {report[key]:.2f}x" for name, key in
-              (("SDFT / SFT", "ratio_sdft_sft"), ("SDFT / TRL SDFT", "ratio_sdft_trl")) if report[key] is not None]
-    if sdft and sft:
-        ratios.append(f"peak RSS SDFT / SFT = {sdft['peak_rss_mb'] / sft['peak_rss_mb']:.2f}x")
-    print(", ".join(ratios) + f"   (written to {args.out})")
+        tok = f"{r['rollout_tokens_per_s']['median']:.0f}" if r["rollout_tokens_per_s"] else "-"
+        span = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+        print(f"{name:<18}{span:>22}{cells}{tok:>8}{r['peak_rss_mb']:>8.0f} MB")
+    for pair, r in ratios.items():
+        print(f"{pair}: {r['median']:.2f}x per round (min {r['min']:.2f}, max {r['max']:.2f})")
+    print(f"(written to {args.out}; wall {report['wall_s']:.0f} s)")
 
 
 if __name__ == "__main__":
