@@ -10,7 +10,8 @@ loads the model, warms up, then waits. The driver asks the workers for one optim
 each, in turn, round after round (sdft, sft, trl, sdft, sft, trl, ...; the order rotates each
 round), so a change of machine load mid-run hits every method alike; only one worker computes
 at a time. Reported per method: the median seconds per step with its spread (min-max over
-rounds), median seconds per phase, rollout tokens per second, peak RSS; and for each pair of
+rounds), the median process CPU seconds per step (with one thread, the step's own cost even on a
+busy machine; wall time counts the waits for a core too), median seconds per phase, rollout tokens per second, peak RSS; and for each pair of
 methods the ratio of their step times within each round, as a median with its spread.
 
 Methods: sdft (rollouts by transformers' generate), sdft-int8 (the int8 engine), sft, trl
@@ -58,9 +59,11 @@ def sdft_kit_steps(method: str, args: argparse.Namespace):
         trainer.train_step()
     yield None  # ready
     while True:
+        cpu = time.process_time()
         record = trainer.train_step()
         rollout_s = record["seconds"]["rollout"]
-        yield {"s": record["seconds"]["total"], "phases": record["seconds"], "tokens": record["tokens"],
+        yield {"s": record["seconds"]["total"], "cpu_s": time.process_time() - cpu, "phases": record["seconds"],
+               "tokens": record["tokens"],
                "rollout_tok_s": record["tokens"] / rollout_s if rollout_s else None,
                "is_weight": record.get("is_weight"), "peak_rss_mb": record["peak_mem_mb"],
                "threads": torch.get_num_threads()}
@@ -89,10 +92,10 @@ def trl_steps(args: argparse.Namespace):
     class Paced(TrainerCallback):
         def on_step_begin(self, *_, **__):
             go.get()
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *_, **__):
-            done.put(time.perf_counter() - self.start)
+            done.put((time.perf_counter() - self.start, time.process_time() - self.cpu))
 
     def train():
         with tempfile.TemporaryDirectory() as out:
@@ -119,8 +122,8 @@ def trl_steps(args: argparse.Namespace):
     yield None
     while True:
         go.put(None)
-        seconds = done.get()
-        yield {"s": seconds, "phases": None, "tokens": None, "rollout_tok_s": None, "is_weight": None,
+        seconds, cpu_seconds = done.get()
+        yield {"s": seconds, "cpu_s": cpu_seconds, "phases": None, "tokens": None, "rollout_tok_s": None, "is_weight": None,
                "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
                "trl_version": __import__("trl").__version__}
 
@@ -180,6 +183,8 @@ def summarise(steps: list[dict]) -> dict:
     weights = [s["is_weight"] for s in steps if s["is_weight"] is not None]
     return {
         "s_per_step": spread([s["s"] for s in steps]),
+        # process CPU time: what a step costs this process whatever else runs on the machine (1 thread)
+        "cpu_s_per_step": spread([s["cpu_s"] for s in steps]),
         "phases_s": {k: statistics.median(s["phases"][k] for s in steps) for k in phases} if phases else None,
         "tokens_per_step": statistics.median(s["tokens"] for s in steps) if steps[0]["tokens"] else None,
         "rollout_tokens_per_s": spread(tok_s) if tok_s else None,
@@ -247,6 +252,7 @@ def main() -> None:
                                      ("sft", "sft (baseline)"), ("sdft", "sdft (baseline)"),
                                      ("sdft-int8", "sdft")}:
                 ratios[f"{a} / {b}"] = spread([x["s"] / y["s"] for x, y in zip(steps[a], steps[b])])
+                ratios[f"{a} / {b} (CPU time)"] = spread([x["cpu_s"] / y["cpu_s"] for x, y in zip(steps[a], steps[b])])
     report = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora_r": 16, "alpha": 0.0},
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
@@ -259,13 +265,14 @@ def main() -> None:
 
     print(f"\n{args.model} ({args.dtype}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, teacher "
           f"{args.teacher}, vocab {args.vocab}, {args.threads} thread(s), {args.rounds} interleaved rounds")
-    print(f"{'method':<18}{'s/step (min-max)':>22}{'rollout':>9}{'teacher':>9}{'student':>9}{'tok/s':>8}{'peak RSS':>11}")
+    print(f"{'method':<18}{'s/step (min-max)':>22}{'CPU s':>8}{'rollout':>9}{'teacher':>9}{'student':>9}{'tok/s':>8}"
+          f"{'peak RSS':>11}")
     for name, r in results.items():
         p, s = r["phases_s"] or {}, r["s_per_step"]
         cells = "".join(f"{p[k]:>9.2f}" if k in p else f"{'-':>9}" for k in ("rollout", "teacher", "student"))
         tok = f"{r['rollout_tokens_per_s']['median']:.0f}" if r["rollout_tokens_per_s"] else "-"
         span = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
-        print(f"{name:<18}{span:>22}{cells}{tok:>8}{r['peak_rss_mb']:>8.0f} MB")
+        print(f"{name:<18}{span:>22}{r['cpu_s_per_step']['median']:>8.2f}{cells}{tok:>8}{r['peak_rss_mb']:>8.0f} MB")
     for pair, r in ratios.items():
         print(f"{pair}: {r['median']:.2f}x per round (min {r['min']:.2f}, max {r['max']:.2f})")
     print(f"(written to {args.out}; wall {report['wall_s']:.0f} s)")
