@@ -1,4 +1,4 @@
-"""`sdft-kit` command line: train, demo, generate, check-teacher, compare, continual.
+"""`sdft-kit` command line: train, demo, generate, check-teacher, compare, continual, sweep, objectives.
 
 Every config field is a flag of `train` (`--lora-r 8`, `--teacher base`); a flag
 overrides the YAML given with --config, which overrides the defaults.
@@ -16,8 +16,10 @@ from .config import Config, fields_by_section, flag
 from .data import SAMPLE_DATA, DataError, load_examples
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for section, f in fields_by_section():
+        if f.name in skip:
+            continue
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"[{section}] {f.metadata['help']}"}
         if isinstance(f.default, bool) or f.default is None:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -66,33 +68,68 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    """Embedded model + bundled data: per-step loss and a before/after answer."""
+DEMO_FORMAT = "Answer:"  # how every bundled sample demonstration opens
+
+
+def demo_metrics(model, tokenizer, examples, max_new_tokens: int = 40) -> dict:
+    """The student's greedy answers to the examples' prompts, and how close they are to the demonstrations.
+
+    format: share of answers opening with DEMO_FORMAT, as the demonstrations do;
+    similarity: mean ROUGE-L F1 of the answers to the demonstrations (check.similarity).
+    """
     from .chat import generate_text
-    from .demos import student_prompt, teacher_prompt
+    from .check import similarity
+    from .demos import student_prompt
+
+    answers = generate_text(model, tokenizer, [student_prompt(tokenizer, ex) for ex in examples], max_new_tokens)
+    share = sum(a.strip().startswith(DEMO_FORMAT) for a in answers) / len(answers)
+    mean = sum(similarity(a, ex.demonstration) for a, ex in zip(answers, examples)) / len(answers)
+    return {"answers": answers, "format": share, "similarity": mean,
+            "summary": f"{share:.0%} of answers open with '{DEMO_FORMAT}', ROUGE-L F1 to the demonstrations {mean:.3f}"}
+
+
+# The demo's settings, chosen by measurement over 3 seeds (docs/instruments.md, "The demo"):
+# the template whose teacher answers come closest to the demonstrations in the teacher check,
+# and skip_first 0, since the demonstrated form is the answer's first tokens ("Answer:").
+DEMO_SETTINGS = {"template": "system", "learning_rate": 1e-3, "skip_first": 0}
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Embedded model + bundled data: the student's answers scored before and after SDFT, per-step loss in between."""
+    from .chat import generate_text
+    from .demos import teacher_prompt
     from .trainer import Trainer
 
     start = time.perf_counter()
     examples = load_examples(SAMPLE_DATA)
-    config = Config().replace(steps=args.steps, batch_size=4, max_new_tokens=48, learning_rate=1e-3,
-                              teacher="base", threads=args.threads, save_every=args.steps)
+    scored = examples[:args.prompts] if args.prompts else examples
+    config = Config().replace(steps=args.steps, batch_size=4, max_new_tokens=48, teacher="base",
+                              threads=args.threads, save_every=args.steps, **DEMO_SETTINGS)
     out = Path(args.out) if args.out else None
     trainer = Trainer(config, examples, out)
-    probe = examples[:2]
-    prompts = [student_prompt(trainer.tokenizer, ex) for ex in probe]
-    before = generate_text(trainer.model, trainer.tokenizer, prompts, max_new_tokens=40)
+    model, tokenizer = trainer.model, trainer.tokenizer
+    print(f"SDFT demo: {len(examples)} demonstrations in the form '{DEMO_FORMAT} <one sentence>.', {config.train.steps} "
+          f"steps of SmolLM2-135M-Instruct ({config.model.model}); teacher: the base model with the demonstration in a "
+          f"system message (--template {config.teacher.template}), lr {config.train.learning_rate:g}, skip_first "
+          f"{config.loss.skip_first}. The student's greedy answers to {len(scored)} of the training prompts are "
+          "scored before and after.\n", flush=True)
+    before = demo_metrics(model, tokenizer, scored)
+    probe = scored[:2]
     # What the student is pulled towards: the same model with the demonstration in context.
-    teacher = generate_text(trainer.model, trainer.tokenizer,
-                            [teacher_prompt(trainer.tokenizer, ex, [ex.demonstration]) for ex in probe],
-                            max_new_tokens=40)
-    print(f"SDFT demo: {len(examples)} demonstrations in the form 'Answer: <one sentence>.', "
-          f"{config.train.steps} steps on {config.model.model} (SmolLM2-135M-Instruct)\n")
+    teacher = generate_text(model, tokenizer, [teacher_prompt(tokenizer, ex, [ex.demonstration], config.teacher.template)
+                                               for ex in probe], max_new_tokens=40)
+    print(f"before: {before['summary']}\n", flush=True)
     for record in trainer.steps():
         _print_step(record)
-    after = generate_text(trainer.model, trainer.tokenizer, prompts, max_new_tokens=40)
-    for ex, b, t, a in zip(probe, before, teacher, after):
+    after = demo_metrics(model, tokenizer, scored)
+    for ex, b, t, a in zip(probe, before["answers"], teacher, after["answers"]):
         print(f"\nQ: {ex.prompt}\n  demonstration: {ex.demonstration}\n  student before:    {b}\n"
               f"  teacher (+demo):   {t}\n  student after:     {a}")
+    print(f"\nbefore: {before['summary']}\nafter:  {after['summary']}")
+    moved = after["format"] > before["format"] or after["similarity"] > before["similarity"]
+    print("The student moved towards the demonstrated answers." if moved else
+          "The student did not move towards the demonstrated answers in this run: at 135M parameters and a few "
+          "steps, what this shows is SDFT's mechanics (the loss and KL per step), not its gains.")
     print(f"\ndone in {time.perf_counter() - start:.0f} s" + (f"; run saved in {out}" if out else ""))
 
 
@@ -169,6 +206,82 @@ def cmd_continual(args: argparse.Namespace) -> None:
     print(f"reports written to {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'}")
 
 
+def _numbers(text: str, kind: type, flag_name: str) -> list:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"{flag_name} takes comma-separated {kind.__name__} values, e.g. "
+                         f"{'1e-3,3e-3' if kind is float else '10,30'}; got {text!r}")
+    return values
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Every (method, learning rate, steps, seed) point trained and scored; report.json + report.html, resumable."""
+    import json
+
+    from .experiments import COMPARE_DEFAULTS
+    from .sweep import format_sweep, sweep
+    from .tasks import load_task
+
+    if args.summary:
+        report_path = Path(args.out) / "report.json"
+        if not report_path.is_file():
+            raise FileNotFoundError(f"{report_path}: no sweep report here yet")
+        print(format_sweep(json.loads(report_path.read_text(encoding="utf-8")), markdown=args.markdown))
+        return
+    if not args.task or not args.learning_rates or not args.step_counts:
+        raise ValueError("sweep needs --task, --learning-rates and --steps (or --summary to print a finished sweep)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    learning_rates = _numbers(args.learning_rates, float, "--learning-rates")
+    steps = _numbers(args.step_counts, int, "--steps")
+    task = load_task(args.task)
+    config = build_config(args, COMPARE_DEFAULTS)
+    try:
+        sweep(task, config, methods=methods, learning_rates=learning_rates, steps=steps, seeds=args.seeds,
+              out_dir=args.out, eval_limit=args.eval_limit, eval_max_new_tokens=args.eval_max_new_tokens,
+              keep_adapters=args.keep_adapters, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: the points scored so far are kept in {Path(args.out) / 'points.jsonl'}; run the same "
+              "command again to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"reports written to {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'}")
+
+
+def cmd_objectives(args: argparse.Namespace) -> None:
+    """Forward KL / reverse KL / JSD x full / top-k / sampled token on one rollout: loss, gradient, cosine."""
+    from .config import TEACHER_KINDS, TEMPLATES, ModelConfig
+    from .models import add_lora, load_model, set_threads
+    from .objectives import objectives_on_example
+
+    examples = load_examples(args.data)  # bad data fails here, before any model is loaded
+    if not 0 <= args.example < len(examples):
+        raise ValueError(f"--example must be 0 to {len(examples) - 1} ({len(examples)} records in {args.data}); "
+                         f"got {args.example}")
+    if args.template not in TEMPLATES or args.teacher not in TEACHER_KINDS:
+        raise ValueError(f"--template takes {', '.join(TEMPLATES)} and --teacher {', '.join(TEACHER_KINDS)}")
+    set_threads(args.threads)
+    model_config = ModelConfig(model=args.model)
+    base, tokenizer = load_model(args.model, model_config)
+    model = add_lora(base, model_config, seed=args.seed)
+    example = examples[args.example]
+    comparison, batch = objectives_on_example(model, tokenizer, example, template=args.template, teacher=args.teacher,
+                                              max_new_tokens=args.max_new_tokens, topk=args.topk,
+                                              skip_first=args.skip_first, seed=args.seed)
+    print(f"Q: {example.prompt}\n  demonstration: {example.demonstration}\n  student rollout (temperature 1, seed "
+          f"{args.seed}): {batch.texts(tokenizer)[0]}\n  teacher: '{args.teacher}', template '{args.template}'\n")
+    print(comparison.table())
+    if args.out:
+        import json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "objectives.json").write_text(json.dumps(comparison.to_dict(), indent=1), encoding="utf-8")
+        comparison.figure().write_html(out / "objectives.html", include_plotlyjs=True)
+        print(f"saved to {out / 'objectives.json'} and {out / 'objectives.html'}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,9 +295,11 @@ def make_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
-    demo = sub.add_parser("demo", help="a few SDFT steps on the embedded model and bundled data")
+    demo = sub.add_parser("demo", help="a few SDFT steps on the embedded model and bundled data, the student's "
+                                       "answers scored before and after")
     demo.add_argument("--steps", type=int, default=12)
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    demo.add_argument("--prompts", type=int, default=0, help="score the first N training prompts only (0: all 24)")
     demo.add_argument("--out", help="also save the run here")
     demo.set_defaults(func=cmd_demo)
 
@@ -203,9 +318,10 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("--n", type=int, default=16, help="records to check (a seeded sample)")
     check.add_argument("--templates", default="paper,plain,system", help="comma-separated teacher templates to compare")
     check.add_argument("--max-new-tokens", type=int, default=48, help="length of the greedy answers sampled")
-    check.add_argument("--scorer", choices=("none", "exact", "contains"), default="none",
-                       help="answer accuracy: 'exact' (= demonstration, up to case and spaces), 'contains' "
-                            "(holds the demonstration) or 'none'")
+    check.add_argument("--scorer", choices=("none", "exact", "contains", "tool"), default="none",
+                       help="judge answers by accuracy: 'exact' (= demonstration, up to case and spaces), 'contains' "
+                            "(holds the demonstration), 'tool' (same Action and Action Input as the demonstration); "
+                            "'none' (default): by ROUGE-L F1 to the demonstration")
     check.add_argument("--out", help="folder to write teacher_check.json to")
     check.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads (1: fastest for a small model on a busy CPU; 0: torch's default)")
@@ -231,6 +347,41 @@ def make_parser() -> argparse.ArgumentParser:
         exp.add_argument("--quiet", action="store_true", help="no progress bars")
         _add_config_flags(exp)
         exp.set_defaults(func=func)
+
+    sw = sub.add_parser("sweep", help="SFT vs SDFT along a grid of learning rates and steps, over seeds: each "
+                                      "method's Pareto frontier of new-task vs previous-skills score (resumable)")
+    sw.add_argument("--task", help="bundled task: knowledge or tooluse")
+    sw.add_argument("--methods", default="sft,sdft", help="comma-separated: sft, sdft")
+    sw.add_argument("--learning-rates", help="comma-separated, e.g. 1e-3,3e-3,1e-2")
+    # its own dest: `steps` would be read as the config field by build_config
+    sw.add_argument("--steps", dest="step_counts", help="comma-separated step counts, e.g. 10,30")
+    sw.add_argument("--seeds", type=int, default=3, help="seeds seed..seed+N-1 per point; mean ± std")
+    sw.add_argument("--out", required=True, help="sweep folder: new, or one to continue (same settings)")
+    sw.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train (replaces the compare "
+                                     "defaults)")
+    sw.add_argument("--eval-limit", type=int, help="score only the first N items of each eval set")
+    sw.add_argument("--eval-max-new-tokens", type=int, default=48, help="longest greedy answer when scoring")
+    sw.add_argument("--keep-adapters", action="store_true", help="keep each point's adapter/ (about 20 MB each)")
+    sw.add_argument("--summary", action="store_true", help="print the table of the sweep in --out, and exit")
+    sw.add_argument("--markdown", action="store_true", help="with --summary: as a markdown table")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(sw, skip=("method", "learning_rate", "steps"))
+    sw.set_defaults(func=cmd_sweep)
+
+    obj = sub.add_parser("objectives", help="forward KL / reverse KL / JSD x full / top-k / sampled token on one "
+                                            "rollout: loss, gradient norm, cosine to the paper's, tokens pushed")
+    obj.add_argument("--data", default=str(SAMPLE_DATA), help="JSONL or CSV of {prompt, demonstration} records")
+    obj.add_argument("--example", type=int, default=0, help="which record (0-based)")
+    obj.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
+    obj.add_argument("--template", default="paper", help="teacher template: paper, plain or system")
+    obj.add_argument("--teacher", default="base", help="teacher kind: base, ema or live (at step 0 all three agree)")
+    obj.add_argument("--max-new-tokens", type=int, default=48, help="length of the student's rollout")
+    obj.add_argument("--topk", type=int, default=100, help="k of the top-k objectives")
+    obj.add_argument("--skip-first", type=int, default=3, help="completion tokens left out of every loss")
+    obj.add_argument("--seed", type=int, default=0, help="seed of the rollout and the LoRA init")
+    obj.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    obj.add_argument("--out", help="folder to write objectives.json and objectives.html to")
+    obj.set_defaults(func=cmd_objectives)
     return parser
 
 

@@ -42,7 +42,7 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": n, "values": list(values)}
 
 
-def _fresh_model(config: Config, seed: int):
+def fresh_model(config: Config, seed: int):
     """A fresh base model with a fresh LoRA adapter: every method starts from the same weights."""
     from .models import add_lora, load_model, set_threads
 
@@ -51,7 +51,8 @@ def _fresh_model(config: Config, seed: int):
     return add_lora(base, config.model, seed=seed), tokenizer
 
 
-def _score(model, tokenizer, items: list[EvalItem], max_new_tokens: int, progress: bool) -> dict:
+def score_items(model, tokenizer, items: list[EvalItem], max_new_tokens: int, progress: bool) -> dict:
+    """`evaluate` on the items, as a JSON-ready dict (accuracy, by group, per-item outputs)."""
     return evaluate(model, tokenizer, items, max_new_tokens=max_new_tokens, progress=progress).to_dict()
 
 
@@ -63,7 +64,8 @@ def _new_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _train(config: Config, task: Task, run_dir: Path, model, tokenizer, progress: bool) -> tuple[list[StepRecord], float]:
+def train_run(config: Config, task: Task, run_dir: Path, model, tokenizer, progress: bool) -> tuple[list[StepRecord], float]:
+    """Train `model` on the task's train split into `run_dir`; returns the step records and the seconds taken."""
     from .trainer import Trainer
 
     start = time.perf_counter()
@@ -88,12 +90,12 @@ def compare(task: str | Task, config: Config, *, seeds: int = 1, out_dir: str | 
     phases = {"base_eval": 0.0, "train": 0.0, "eval": 0.0}
 
     def score_both(model, tokenizer) -> dict:
-        return {"new_task": _score(model, tokenizer, new_items, eval_max_new_tokens, progress),
-                "previous_skills": _score(model, tokenizer, probe_items, eval_max_new_tokens, progress)}
+        return {"new_task": score_items(model, tokenizer, new_items, eval_max_new_tokens, progress),
+                "previous_skills": score_items(model, tokenizer, probe_items, eval_max_new_tokens, progress)}
 
     log(f"compare on {task.name}: {len(task.train)} train examples, {len(new_items)} eval items, "
         f"{len(probe_items)} probe items; {config.train.steps} steps x batch {config.train.batch_size}, seeds {seeds}")
-    model, tokenizer = _fresh_model(config, config.train.seed)
+    model, tokenizer = fresh_model(config, config.train.seed)
     t0 = time.perf_counter()
     base = score_both(model, tokenizer)
     phases["base_eval"] = time.perf_counter() - t0
@@ -103,8 +105,8 @@ def compare(task: str | Task, config: Config, *, seeds: int = 1, out_dir: str | 
     for seed in range(config.train.seed, config.train.seed + seeds):
         for method in METHODS:
             run_dir = out / f"{method}-seed{seed}"
-            model, tokenizer = _fresh_model(config, seed)
-            records, train_s = _train(config.replace(method=method, seed=seed), task, run_dir, model, tokenizer,
+            model, tokenizer = fresh_model(config, seed)
+            records, train_s = train_run(config.replace(method=method, seed=seed), task, run_dir, model, tokenizer,
                                       progress)
             t0 = time.perf_counter()
             scores = score_both(model, tokenizer)
@@ -178,7 +180,7 @@ def summarize(base: dict, runs: list[dict]) -> dict:
     return table
 
 
-def _pm(stat: dict, scale: float = 100.0, digits: int = 1) -> str:
+def plus_minus(stat: dict, scale: float = 100.0, digits: int = 1) -> str:
     text = f"{stat['mean'] * scale:.{digits}f}"
     return text + (f" ± {stat['std'] * scale:.{digits}f}" if stat["n"] > 1 else "")
 
@@ -190,11 +192,11 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for method, row in report["table"].items():
         if method == "base":
-            rows.append(["base", _pm(row["new_task"]), _pm(row["previous_skills"]), "", "", "", "", ""])
+            rows.append(["base", plus_minus(row["new_task"]), plus_minus(row["previous_skills"]), "", "", "", "", ""])
             continue
-        rows.append([method.upper(), _pm(row["new_task"]), _pm(row["previous_skills"]),
+        rows.append([method.upper(), plus_minus(row["new_task"]), plus_minus(row["previous_skills"]),
                      f"{row['change']['new_task'] * 100:+.1f}", f"{row['change']['previous_skills'] * 100:+.1f}",
-                     _pm(row["train_s"], 1, 0), _pm(row["tokens"], 1, 0), _pm(row["peak_mem_mb"], 1, 0)])
+                     plus_minus(row["train_s"], 1, 0), plus_minus(row["tokens"], 1, 0), plus_minus(row["peak_mem_mb"], 1, 0)])
     return header, rows
 
 
@@ -225,19 +227,19 @@ def continual(tasks: list[str | Task], config: Config, *, out_dir: str | Path, e
     columns[PROBE] = load_task(PROBE).eval[:eval_limit]
 
     def score_all(model, tokenizer) -> list[float]:
-        return [_score(model, tokenizer, items, eval_max_new_tokens, progress)["accuracy"]
+        return [score_items(model, tokenizer, items, eval_max_new_tokens, progress)["accuracy"]
                 for items in columns.values()]
 
-    model, tokenizer = _fresh_model(config, config.train.seed)
+    model, tokenizer = fresh_model(config, config.train.seed)
     base_row = score_all(model, tokenizer)
     log("base: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(columns, base_row)))
     matrices, run_dirs = {}, {}
     for method in METHODS:
-        model, tokenizer = _fresh_model(config, config.train.seed)
+        model, tokenizer = fresh_model(config, config.train.seed)
         rows = [base_row]
         for i, task in enumerate(tasks):
             run_dir = out / f"{method}-{i + 1}-{task.name}"
-            records, _ = _train(config.replace(method=method), task, run_dir, model, tokenizer, progress)
+            records, _ = train_run(config.replace(method=method), task, run_dir, model, tokenizer, progress)
             rows.append(score_all(model, tokenizer))
             run_dirs[f"{method} {task.name}"] = run_dir
             log(f"{method} after {task.name}: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(columns, rows[-1])))
@@ -268,17 +270,13 @@ def format_matrices(report: dict) -> str:
 
 def write_html(report: dict, path: Path, run_dirs: dict[str, Path]) -> Path:
     """report.html: the table (or retention matrices) and the training curves, plotly inlined."""
-    from plotly.offline import get_plotlyjs
-
     from .records import load_records
     from .views import curves, retention_matrix
 
     figures = []
     if report["kind"] == "compare":
         header, rows = table_rows(report)
-        body = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-                + "</table>")
+        body = html_table(header, rows)
         body += "<pre>" + html.escape(format_table(report).split("\n", len(rows) + 1)[-1]) + "</pre>"
         firsts = [name for name in run_dirs if name.endswith(f"seed {report['seeds'][0]}")]
         figures.append(curves(*[load_records(run_dirs[n]) for n in firsts], names=firsts))
@@ -289,14 +287,28 @@ def write_html(report: dict, path: Path, run_dirs: dict[str, Path]) -> Path:
             fig.update_layout(title=f"{method.upper()}: score on each task after each stage")
             figures.append(fig)
         figures.append(curves(*[load_records(d) for d in run_dirs.values()], names=list(run_dirs)))
-    notes = "".join(f"<p class='hint'>{html.escape(n)}</p>" for n in report.get("notes", []))
+    title = f"sdft-kit {report['kind']}: " + (report.get("task") or ", ".join(report["tasks"]))
+    path.write_text(html_page(title, body, figures, report.get("notes", []), report["config"]), encoding="utf-8")
+    return path
+
+
+def html_page(title: str, body: str, figures: list, notes: list[str], config: dict) -> str:
+    """A self-contained report page: title, body html, notes, plotly figures (plotly.js inlined) and the config."""
+    from plotly.offline import get_plotlyjs
+
+    notes_html = "".join(f"<p class='hint'>{html.escape(n)}</p>" for n in notes)
     plots = "".join(fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures)
-    title = html.escape(f"sdft-kit {report['kind']}: " + (report.get("task") or ", ".join(report["tasks"])))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+    title = html.escape(title)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             "<style>body{font-family:system-ui,sans-serif;margin:16px 24px} td,th{padding:4px 10px;"
             "border-bottom:1px solid #ddd;text-align:right} .hint{color:#666;font-size:14px}</style>"
-            f"<script>{get_plotlyjs()}</script></head><body><h2>{title}</h2>{body}{notes}{plots}"
-            f"<details><summary>config</summary><pre>{html.escape(json.dumps(report['config'], indent=1))}</pre>"
+            f"<script>{get_plotlyjs()}</script></head><body><h2>{title}</h2>{body}{notes_html}{plots}"
+            f"<details><summary>config</summary><pre>{html.escape(json.dumps(config, indent=1))}</pre>"
             "</details></body></html>")
-    path.write_text(page, encoding="utf-8")
-    return path
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """An html table of text cells (escaped)."""
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + "</table>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,9 @@ import pytest
 import torch
 
 from sdft_kit.check import (
+    READY_ACCURACY,
+    READY_SIMILARITY,
+    READY_SIMILARITY_LIFT,
     TeacherCheck,
     TemplateResult,
     check_teacher,
@@ -19,7 +23,9 @@ from sdft_kit.check import (
     echoes,
     exact_scorer,
     judge,
+    similarity,
     template_label,
+    tool_scorer,
 )
 from sdft_kit.batch import mean_logprobs
 from sdft_kit.cli import main
@@ -96,6 +102,18 @@ def test_scorers():
     assert not exact_scorer("Answer: 7 plus 5 is 12. Easy.", example)
     assert contains_scorer("Sure. Answer: 7 plus 5 is 12. Easy.", example)
     assert not contains_scorer("It is 12.", example)
+    call = ex("Tide at Saltmere?", 'Action: tide_level\nAction Input: {"harbor": "Saltmere", "date": "2025-09-21"}')
+    assert tool_scorer('Action: tide_level\nAction Input: {"date": "2025-09-21", "harbor": "Saltmere"}\nObservation:', call)
+    assert not tool_scorer('Action: tide_level\nAction Input: {"harbor": "Saltmere"}', call)
+    assert not tool_scorer("The tide is high.", call)
+
+
+def test_similarity_is_rouge_l_f1_over_words():
+    # 6 of the demonstration's 7 words, in order, and nothing else: P = 1, R = 6/7, F1 = 12/13
+    assert similarity("The capital of France is Paris.", "Answer: The capital of France is Paris.") == \
+        pytest.approx(12 / 13)
+    assert similarity("PARIS is the capital", "the capital is paris") == pytest.approx(0.5)  # LCS: 2 words of 4
+    assert similarity("", "Answer: blue.") == 0.0 and similarity("Answer: blue.", "answer blue") == 1.0
 
 
 # --- verdict logic on hand-made figures --------------------------------------------------------------
@@ -103,7 +121,7 @@ def test_scorers():
 
 def figures(**overrides) -> TemplateResult:
     base = dict(template="paper", records=10, student_logprob=-1.2, teacher_logprob=-0.3, teacher_better=10,
-                echo_rate=0.0, copy_rate=0.0)
+                echo_rate=0.0, copy_rate=0.0, student_similarity=0.3, teacher_similarity=0.8, control_logprob=-1.0)
     return TemplateResult(**{**base, **overrides})
 
 
@@ -144,6 +162,31 @@ def test_accuracy_that_does_not_rise_is_weak():
     assert verdict == "weak" and "9%" in advice[0] and "larger model" in advice[0]
 
 
+def test_a_log_prob_lift_alone_is_not_ready():
+    # the embedded model on ToolAlpaca records: +0.97 nats/token on 12/12 records, yet poor answers
+    verdict, advice = judge(figures(student_logprob=-1.3, teacher_logprob=-0.33, student_similarity=0.35,
+                                    teacher_similarity=0.42))
+    assert verdict == "weak" and len(advice) == 1
+    assert "ROUGE-L F1 0.35 -> 0.42 (+0.07)" in advice[0] and f"{READY_SIMILARITY:.2f}" in advice[0]
+    # good answers that are no better than the student's are not enough either
+    assert judge(figures(student_similarity=0.8, teacher_similarity=0.8 + READY_SIMILARITY_LIFT / 2))[0] == "weak"
+    assert judge(figures(student_similarity=None, teacher_similarity=None))[0] == "weak"  # unmeasured: never ready
+
+
+def test_a_teacher_that_gains_as_much_from_another_records_demonstration_reads_the_format():
+    verdict, advice = judge(figures(control_logprob=-0.35))  # +0.85 from a wrong demonstration, +0.90 from its own
+    assert verdict == "weak" and "reads the demonstrations' format" in advice[0] and "+0.85 vs +0.90" in advice[0]
+    assert judge(figures(control_logprob=None))[0] == "ready"  # one record: no control to compare with
+
+
+def test_a_scorer_overrides_similarity_and_needs_a_right_answer_on_half():
+    # the bundled tool-use task's teacher (template plain): 0% -> 19%, READY before this check asked for more
+    verdict, advice = judge(figures(student_accuracy=0.0, teacher_accuracy=0.19, teacher_similarity=0.1))
+    assert verdict == "weak" and "accuracy 0% -> 19%" in advice[0] and f"{READY_ACCURACY:.0%}" in advice[0]
+    assert judge(figures(student_accuracy=0.0, teacher_accuracy=READY_ACCURACY, teacher_similarity=0.1))[0] == "ready"
+    assert judge(figures(student_accuracy=0.45, teacher_accuracy=0.5))[0] == "weak"  # +5 points only
+
+
 def test_copying_earns_a_note_not_a_worse_verdict():
     verdict, advice = judge(figures(copy_rate=0.8))
     assert verdict == "ready" and "retrieval" in advice[0]
@@ -158,7 +201,9 @@ def test_check_result_prints_saves_and_picks_the_best_template(tmp_path):
                          seconds=3.0)
     table = check.table()
     assert "paper     weak" in table and "plain     ready" in table and "+0.90" in table and "60%" in table
-    assert "verdict: READY" in table and "--template plain" in table and "accuracy not measured" in table
+    assert "verdict: READY" in table and "--template plain" in table and "0.30 -> 0.80 (+0.50)" in table
+    assert "+0.20" in table  # the control's gain
+    assert "READY needs ROUGE-L F1" in table
     assert check.summary().startswith("Teacher check (10 records, template 'plain', best of 2): READY.")
     saved = json.loads(check.save(tmp_path / "run" / "teacher_check.json").read_text())
     assert saved["verdict"] == "ready" and saved["results"][0]["gain"] == pytest.approx(0.9)
@@ -247,7 +292,7 @@ def test_echoing_and_copying_answers_are_counted_and_advised_on(model_and_tokeni
     assert paper.echo_tokens == len(tok(echo[:-1], add_special_tokens=False)["input_ids"])
     assert paper.copy_rate == plain.copy_rate == 1 / 6  # the first record's answer holds its own demonstration
     assert paper.teacher_accuracy == paper.student_accuracy == 1 / 6
-    assert paper.verdict == "weak" and "17% correctly" in paper.advice[0]
+    assert paper.verdict == "weak" and "accuracy 17% -> 17%" in paper.advice[0]
     assert "--template plain" in paper.advice[-1]
     assert f"--skip-first {paper.echo_tokens}" in paper.advice[-1]
     assert [row["echo"] for row in paper.rows] == [True, False] * 3
@@ -265,8 +310,9 @@ def test_cli_check_teacher_prints_the_table_and_a_verdict(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("template ") for line in lines)
-    for name in TEMPLATES:
-        assert any(line.startswith(name + " ") and "not scored" in line for line in lines), name
+    for name in TEMPLATES:  # ROUGE-L F1 of the student's and the teacher's answers, and the lift
+        assert any(line.startswith(name + " ") and re.search(r"\d\.\d\d -> \d\.\d\d \([+-]\d\.\d\d\)", line)
+                   for line in lines), name
     assert any(line.startswith("verdict: ") for line in lines)
 
 
@@ -298,3 +344,43 @@ def test_cli_train_checks_the_teacher_first(tmp_path, capsys, one_thread):
     assert printed.index("Teacher check") < printed.index("step   1/1")
     saved = json.loads((out / "teacher_check.json").read_text())
     assert saved["records"] == 8 and saved["best"] == "plain" and saved["max_new_tokens"] == 4  # no longer than training's
+
+
+# --- the verdict on the bundled data ------------------------------------------------------------------
+
+
+def test_the_bundled_tool_use_task_is_not_ready_unless_its_teacher_writes_the_right_calls(model_and_tokenizer,
+                                                                                          one_thread):
+    """The log-prob lift is large here, yet the teacher rarely writes the right call: READY must follow the answers."""
+    from sdft_kit.tasks import load_task
+
+    model, tok = model_and_tokenizer
+    check = check_teacher(model, tok, load_task("tooluse").train, templates=["plain"], n=6, max_new_tokens=40,
+                          progress=False)
+    (plain,) = check.results
+    by_source = {ex.source: ex for ex in load_task("tooluse").train}
+    right = sum(tool_scorer(row["teacher_answer"], by_source[row["source"]]) for row in plain.rows)
+    assert plain.gain > 0.3 and plain.share_better >= 0.8  # the log-prob signal alone would say ready
+    assert check.verdict != "ready" or right / plain.records >= READY_ACCURACY, (check.verdict, right)
+    assert check.verdict == "weak" and "not good enough" in check.summary()
+
+
+def test_on_the_demo_sample_the_verdict_is_explained_by_the_numbers(model_and_tokenizer, demo_examples, one_thread):
+    model, tok = model_and_tokenizer
+    check = check_teacher(model, tok, demo_examples, templates=["system"], n=6, max_new_tokens=24, progress=False)
+    (system,) = check.results
+    summary = check.summary()
+    # the figures the verdict rests on are in the one paragraph users read...
+    assert f"ROUGE-L F1 {system.student_similarity:.2f} -> {system.teacher_similarity:.2f}" in summary
+    assert f"{system.gain:+.2f} nats" in summary and f"{system.control_gain:+.2f} with another record's" in summary
+    # ...and they give the verdict: recomputed from them, and each failed bar named in the advice
+    assert judge(system)[0] == check.verdict
+    lift = system.teacher_similarity - system.student_similarity
+    good = system.teacher_similarity >= READY_SIMILARITY and lift >= READY_SIMILARITY_LIFT
+    assert good == ("not good enough" not in summary)
+    assert (check.verdict == "ready") == (good and system.gain >= 0.3 and system.share_better >= 0.8
+                                          and system.gain - system.control_gain >= 0.1 and system.echo_rate < 0.2)
+    by_source = {ex.source: ex for ex in demo_examples}
+    for row in system.rows:
+        assert row["teacher_similarity"] == similarity(row["teacher_answer"], by_source[row["source"]].demonstration)
+    assert system.teacher_similarity == pytest.approx(sum(r["teacher_similarity"] for r in system.rows) / 6)
