@@ -282,6 +282,15 @@ def cmd_objectives(args: argparse.Namespace) -> None:
         print(f"saved to {out / 'objectives.json'} and {out / 'objectives.html'}")
 
 
+def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags compare, continual and sweep share: config file, eval size, progress."""
+    parser.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train (replaces the "
+                                         "compare defaults)")
+    parser.add_argument("--eval-limit", type=int, help="score only the first N items of each eval set")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=48, help="longest greedy answer when scoring")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,11 +349,7 @@ def make_parser() -> argparse.ArgumentParser:
         else:
             exp.add_argument("--tasks", required=True, help="comma-separated bundled tasks, in training order")
         exp.add_argument("--out", required=True, help="report folder (must not hold a report yet)")
-        exp.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train (replaces the "
-                                          "compare defaults)")
-        exp.add_argument("--eval-limit", type=int, help="score only the first N items of each eval set")
-        exp.add_argument("--eval-max-new-tokens", type=int, default=48, help="longest greedy answer when scoring")
-        exp.add_argument("--quiet", action="store_true", help="no progress bars")
+        _add_experiment_flags(exp)
         _add_config_flags(exp)
         exp.set_defaults(func=func)
 
@@ -357,14 +362,10 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--steps", dest="step_counts", help="comma-separated step counts, e.g. 10,30")
     sw.add_argument("--seeds", type=int, default=3, help="seeds seed..seed+N-1 per point; mean ± std")
     sw.add_argument("--out", required=True, help="sweep folder: new, or one to continue (same settings)")
-    sw.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train (replaces the compare "
-                                     "defaults)")
-    sw.add_argument("--eval-limit", type=int, help="score only the first N items of each eval set")
-    sw.add_argument("--eval-max-new-tokens", type=int, default=48, help="longest greedy answer when scoring")
+    _add_experiment_flags(sw)
     sw.add_argument("--keep-adapters", action="store_true", help="keep each point's adapter/ (about 20 MB each)")
     sw.add_argument("--summary", action="store_true", help="print the table of the sweep in --out, and exit")
     sw.add_argument("--markdown", action="store_true", help="with --summary: as a markdown table")
-    sw.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(sw, skip=("method", "learning_rate", "steps"))
     sw.set_defaults(func=cmd_sweep)
 
