@@ -74,12 +74,31 @@ def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], dev
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+_ANSWER = "\u2063sdft-kit answer\u2063"  # a text no chat template writes itself
+
+
+def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that ends an assistant turn in the chat template (Gemma: <end_of_turn>, Llama 3: <|eot_id|>).
+
+    Read off the template by rendering a one-turn conversation; the tokenizer's EOS when the
+    template writes no special token right after the answer.
+    """
+    turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _ANSWER}]
+    text = tokenizer.apply_chat_template(turn, tokenize=False)
+    after = text[text.find(_ANSWER) + len(_ANSWER):] if _ANSWER in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    return ids[0] if ids and ids[0] in special else tokenizer.eos_token_id
+
+
 def eos_ids(model, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token id that ends an answer (chat models often have several)."""
+    """Every token id that ends an answer (chat models often have several): the generation config's,
+    the tokenizer's EOS and the chat template's end of turn."""
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+    for extra in (tokenizer.eos_token_id, turn_end_id(tokenizer)):
+        if extra is not None and extra not in ids:
+            ids.append(extra)
     return ids
 
 
@@ -93,9 +112,10 @@ def mask_after_eos(completion_ids: torch.Tensor, eos: list[int]) -> torch.Tensor
 
 def demonstration_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], demonstrations: list[str],
                         device: torch.device) -> Completions:
-    """Demonstrations in the rollout layout (the SFT targets): each followed by EOS."""
+    """Demonstrations in the rollout layout (the SFT targets): each followed by the template's end of turn."""
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device)
-    targets = [tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for d in demonstrations]
+    end = turn_end_id(tokenizer)
+    targets = [tokenizer(d, add_special_tokens=False)["input_ids"] + [end] for d in demonstrations]
     width = max(len(t) for t in targets)
     completion_ids = torch.full((len(targets), width), tokenizer.pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros((len(targets), width), dtype=torch.long)

@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
     trainer = Trainer(config, examples, out, resume=args.resume)
+    if trainer.inspection.warnings:
+        print(trainer.inspection.summary() + "\n(see them with sdft-kit inspect)", file=sys.stderr, flush=True)
     if config.train.method == "sdft" and not args.resume and not args.skip_check:
         from .check import quick_check
 
@@ -291,6 +293,23 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """The student's and the teacher's prompts of a few records as token streams, and every record's flags."""
+    from transformers import AutoConfig
+
+    from .inspector import inspect_prompts
+    from .models import context_length, load_tokenizer, model_path
+
+    config = build_config(args)
+    examples = load_examples(args.data)  # bad data fails here, before any tokenizer is loaded
+    tokenizer = load_tokenizer(config.model.model, config.model)
+    hf_config = AutoConfig.from_pretrained(model_path(config.model.model),
+                                           trust_remote_code=config.model.trust_remote_code)
+    inspection = inspect_prompts(tokenizer, examples, config, context=context_length(hf_config))
+    print(inspection.text(args.n))
+    return 1 if inspection.errors else 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +354,14 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads (1: fastest for a small model on a busy CPU; 0: torch's default)")
     check.set_defaults(func=cmd_check_teacher)
+
+    inspect = sub.add_parser("inspect", help="the student's and teacher's prompts as token streams, and what could "
+                                             "go wrong (too long, thinking or system-prompt mismatches, ...)")
+    inspect.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
+    inspect.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train")
+    inspect.add_argument("--n", type=int, default=3, help="records to show token by token (all are checked)")
+    _add_config_flags(inspect)
+    inspect.set_defaults(func=cmd_inspect)
 
     for name, func, text in (("compare", cmd_compare, "base vs SFT vs SDFT on a task and on a previous-skills "
                                                        "probe; writes report.json and report.html"),
@@ -389,7 +416,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (DataError, ValueError, OSError, RuntimeError) as err:
         if os.environ.get("SDFT_KIT_DEBUG"):
             raise
@@ -398,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ Engine = Literal["hf", "int8"]
 DemoSelection = Literal["own", "retrieval", "random"]
 Vocab = Literal["full", "topk", "sampled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Thinking = Literal["auto", "on", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 
 METHODS: tuple[str, ...] = get_args(Method)
@@ -47,6 +48,7 @@ DEMO_SELECTIONS: tuple[str, ...] = get_args(DemoSelection)
 VOCABS: tuple[str, ...] = get_args(Vocab)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DEVICES: tuple[str, ...] = get_args(Device)
+THINKING: tuple[str, ...] = get_args(Thinking)
 # Fields renamed since a run directory's config.yaml may have been written: old name -> new name.
 RENAMED = {"weights": "engine"}
 
@@ -69,7 +71,8 @@ def _check(section: Any) -> None:
 @dataclass
 class ModelConfig:
     model: str = _help("embedded", "'embedded' (SmolLM2-135M-Instruct, offline), a Hugging Face id or a local path")
-    load_in_4bit: bool | None = _help(None, "4-bit NF4 base (QLoRA); default: on when CUDA is available")
+    load_in_4bit: bool | None = _help(None, "4-bit NF4 base (QLoRA); default: on with CUDA; on a CPU an explicit "
+                                            "opt-in (bitsandbytes' CPU backend)")
     dtype: Dtype = _help("auto", "'auto' (bf16 on CUDA, fp16 on GPUs without bf16 such as the T4, fp32 on CPU), "
                         "'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     device: Device = _help("auto", "'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'", choices=DEVICES)
@@ -78,6 +81,9 @@ class ModelConfig:
     lora_dropout: float = _help(0.0, "LoRA dropout (0 keeps rollout and scoring policies identical)")
     lora_target: str = _help("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of names")
     trust_remote_code: bool = _help(False, "run model code from the Hub (off: only for models you trust)")
+    thinking: Thinking = _help("auto", "chat templates with a thinking switch (Qwen3's enable_thinking): 'on' or "
+                                       "'off' for every prompt, student and teacher alike; 'auto' keeps the "
+                                       "template's default", choices=THINKING)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -110,6 +116,9 @@ class RolloutConfig:
     temperature: float = _help(1.0, "sampling temperature (paper: 1.0)")
     top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)")
     generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)", at_least=1)
+    max_context: int = _help(0, "tokens a prompt (student's or teacher's) plus max_new_tokens may take; 0: the "
+                                "model's context. Longer records stop the run before step 1 (see sdft-kit inspect)",
+                             at_least=0)
     engine: Engine = _help("hf", "what samples the rollouts: 'hf' (transformers' generate with the student's own "
                                  "weights) or 'int8' (a per-rollout int8 copy of the student, CPU only: faster "
                                  "sampling from a slightly different policy, corrected by truncated importance "

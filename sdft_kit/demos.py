@@ -11,6 +11,7 @@ import random
 import re
 from collections import Counter
 
+from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from .config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES  # noqa: F401 (re-exported)
@@ -46,12 +47,29 @@ def teacher_messages(example: Example, demonstrations: list[str], template: str 
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict] | tuple[dict, ...]) -> str:
-    """Chat-template text of a prompt, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    """Chat-template text of a prompt, ending where the assistant's answer starts.
+
+    A template that refuses a system role (Gemma 1 and 2: "System role not supported") gets
+    the system text at the start of the first user turn instead, as Gemma 3's own template does.
+    """
+    messages = list(messages)
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError:
+        if messages[0]["role"] != "system" or len(messages) < 2 or messages[1]["role"] != "user":
+            raise
+        system, user, *rest = messages
+        folded = [{"role": "user", "content": system["content"] + "\n\n" + user["content"]}, *rest]
+        return tokenizer.apply_chat_template(folded, add_generation_prompt=True, tokenize=False)
+
+
+def student_messages(example: Example) -> list[dict]:
+    """The query's messages as the student sees them: as they are."""
+    return list(example.messages)
 
 
 def student_prompt(tokenizer: PreTrainedTokenizerBase, example: Example) -> str:
-    return render(tokenizer, example.messages)
+    return render(tokenizer, student_messages(example))
 
 
 def teacher_prompt(

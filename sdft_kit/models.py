@@ -122,22 +122,57 @@ def uses_4bit(config: ModelConfig) -> bool:
     return resolve_device(config.device).type == "cuda"
 
 
+def load_tokenizer(name: str = EMBEDDED, config: ModelConfig | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, set up as every sdft-kit prompt expects: a pad token, left padding,
+    and the chat template's thinking switch fixed as `config.thinking` says."""
+    config = config or ModelConfig(model=name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=config.trust_remote_code)
+    except OSError as err:
+        raise RuntimeError(
+            f"Could not load model {name!r}: {err}. Use 'embedded', a local folder, or a Hugging Face id "
+            "that is cached or reachable (this machine may be offline)."
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    set_thinking(tokenizer, config.thinking)
+    return tokenizer
+
+
+THINKING_SWITCH = "enable_thinking"  # the variable Qwen3-style chat templates read
+
+
+def set_thinking(tokenizer: PreTrainedTokenizerBase, thinking: str) -> None:
+    """Fix a chat template's thinking switch for every prompt rendered with this tokenizer.
+
+    'auto' keeps the template's default. 'on' / 'off' set `enable_thinking` at the top of the
+    template itself, so the student's and the teacher's prompts, chat, evaluation and a saved
+    adapter's tokenizer can never disagree about it.
+    """
+    if thinking == "auto":
+        return
+    template = tokenizer.chat_template or ""
+    if THINKING_SWITCH not in template:
+        raise ValueError(f"thinking={thinking!r}: this model's chat template has no thinking switch "
+                         f"({THINKING_SWITCH}); leave thinking at 'auto'")
+    tokenizer.chat_template = f"{{%- set {THINKING_SWITCH} = {'true' if thinking == 'on' else 'false'} %}}" + template
+
+
 def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The base model (no adapter) and its tokenizer, ready for `add_lora`.
 
     On CUDA the default is 4-bit NF4 with double quantization and bf16 compute (fp16 without bf16)
-    (QLoRA); on CPU, full precision (NF4 works on CPU but is ~3x slower).
+    (QLoRA). On CPU the default is full precision; `load_in_4bit=True` runs NF4 there too
+    (bitsandbytes' CPU backend: fp32 compute, slower than fp32 weights at this size; see README).
     """
     config = config or ModelConfig(model=name)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    path = model_path(name)
     load_in_4bit = uses_4bit(config)
-
+    tokenizer = load_tokenizer(name, config)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
     if load_in_4bit:
-        if device.type != "cuda":
-            raise RuntimeError("load_in_4bit needs a CUDA GPU here; on CPU leave it off (full precision + LoRA)")
         from transformers import BitsAndBytesConfig
 
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -148,24 +183,20 @@ def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": device.index or 0}
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
     except OSError as err:
         raise RuntimeError(
             f"Could not load model {name!r}: {err}. Use 'embedded', a local folder, or a Hugging Face id "
             "that is cached or reachable (this machine may be offline)."
         ) from None
-    if not load_in_4bit:
-        model.to(device)
     if load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # generation continues from the right edge
+    else:
+        model.to(device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -196,6 +227,15 @@ def load_adapter(adapter_dir: str | Path, config: ModelConfig | None = None):
         raise RuntimeError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
     model, tokenizer = load_model(config.model if config else EMBEDDED, config)
     return PeftModel.from_pretrained(model, adapter_dir), tokenizer
+
+
+def context_length(hf_config) -> int:
+    """The longest sequence a model was built for, from its config (position embeddings)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(hf_config, name, None)  # the name differs between architectures
+        if value:
+            return int(value)
+    raise ValueError("the model's config names no context length; set rollout.max_context")
 
 
 def lora_parameters(model) -> dict[str, torch.nn.Parameter]:

@@ -29,7 +29,8 @@ from .config import Config
 from .data import Example
 from .demos import DemoSelector, student_prompt, teacher_prompt
 from .losses import chunk_shares
-from .models import add_lora, load_model, peak_rss_mb, release_freed_memory, set_threads
+from .inspector import inspect_prompts
+from .models import add_lora, context_length, load_model, peak_rss_mb, release_freed_memory, set_threads
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
 from .rollout import make_engine
 from .teachers import make_teacher
@@ -78,6 +79,10 @@ class Trainer:
         self.engine = make_engine(model, tokenizer, config.rollout) if train.method == "sdft" else None
         self.objective = sdft_objective if train.method == "sdft" else sft_objective
         self.selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, train.seed)
+        # Every record's prompts, before any step: too-long prompts stop here; warnings stay in `inspection`.
+        self.inspection = inspect_prompts(tokenizer, examples, config, context=context_length(model.config))
+        if self.inspection.errors:
+            raise ValueError(self.inspection.summary())
         self.step, self.examples_seen, self.elapsed = 0, 0, 0.0
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None:

@@ -28,3 +28,18 @@ def demo_examples():
     from sdft_kit import SAMPLE_DATA
 
     return load_examples(SAMPLE_DATA)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """build(family) -> a folder holding a tiny random model of that family (built once per session)."""
+    from tiny_models import build_tiny_model
+
+    built = {}
+
+    def build(family: str):
+        if family not in built:
+            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(family))
+        return built[family]
+
+    return build
