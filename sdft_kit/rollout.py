@@ -2,6 +2,7 @@
 
 Sampling is done by an engine, picked by `rollout.engine`:
     hf    transformers' `generate` on the student's own weights (LoRA merged while decoding);
+    vllm  a vLLM engine in the training process, synced with the student (see vllm_engine.py);
     int8  the same loop on a per-rollout int8 copy of the student (CPU only; see int8.py).
 An engine has two methods: `sample(prompts, do_sample=True) -> Completions` and
 `after_step()`, called after every optimizer step (where an engine holding its own copy
@@ -14,6 +15,7 @@ its name in config.Engine, a branch in `make_engine`.
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 import torch
 from transformers import LogitsProcessorList, PreTrainedTokenizerBase
@@ -21,6 +23,12 @@ from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 from .batch import Completions, eos_ids, mask_after_eos, tokenize_prompts
 from .config import ENGINES, RolloutConfig
 from .models import eval_mode, is_quantized
+
+
+class RolloutEngine(Protocol):
+    def sample(self, prompts: list[str], *, do_sample: bool = True) -> Completions: ...
+
+    def after_step(self) -> None: ...
 
 
 @contextlib.contextmanager
@@ -92,7 +100,7 @@ class HFEngine:
         pass
 
 
-def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None) -> HFEngine:
+def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None) -> RolloutEngine:
     """The rollout engine of `config.engine` (one of config.ENGINES) over the student `model`."""
     config = config or RolloutConfig()
     if config.engine == "hf":
@@ -101,6 +109,10 @@ def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig
         from .int8 import Int8Engine
 
         return Int8Engine(model, tokenizer, config)
+    if config.engine == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, config)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {config.engine!r}")
 
 
