@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .batch import Completions, eos_ids, mask_after_eos, tokenize_prompts
 from .config import RolloutConfig
+from .models import is_quantized
 
 
 def install_hint() -> str:
@@ -62,11 +63,12 @@ def engine_dtype(choice: str, device: torch.device) -> str:
     return "bfloat16" if native_bf16 else "float32"
 
 
-def merged_weights(model, dtype: torch.dtype):
+def merged_weights(model, dtype: torch.dtype, *, adapted_only: bool = False):
     """(checkpoint name, tensor) of the model's weights with each active LoRA update folded in.
 
     One merged layer exists at a time (vLLM takes them as they come); the student's own
-    tensors are never written. 4-bit base layers are dequantized first.
+    tensors are never written. 4-bit base layers are dequantized first. `adapted_only`
+    leaves out every weight without an adapter: frozen, they are still what vLLM has.
     """
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
@@ -82,16 +84,25 @@ def merged_weights(model, dtype: torch.dtype):
             layer_name = owner.removesuffix(".base_layer")
             layer = lora_layers.get(layer_name)
             if layer is None or leaf != "weight":
-                yield name.replace(".base_layer.", "."), param.detach()
+                if not adapted_only:
+                    yield name.replace(".base_layer.", "."), param.detach()
                 continue
-            weight = dequantize_module_weight(layer.get_base_layer()).to(torch.float32, copy=True)
-            if not (layer.merged or layer.disable_adapters):
-                for adapter in layer.active_adapters:
-                    if adapter in layer.lora_A:
-                        if layer.use_dora.get(adapter, False):
-                            raise ValueError("rollout.engine='vllm' does not support DoRA adapters")
-                        weight += layer.get_delta_weight(adapter).float()
-            yield f"{layer_name}.weight", weight.to(dtype)
+            yield f"{layer_name}.weight", folded_weight(layer, dequantize_module_weight(layer.get_base_layer())).to(dtype)
+
+
+def folded_weight(layer, weight: torch.Tensor) -> torch.Tensor:
+    """W + scaling * B @ A over the layer's active adapters, as a new float32 tensor (W is only read)."""
+    if layer.merged or layer.disable_adapters:
+        return weight.float()
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            if layer.use_dora.get(adapter, False):
+                raise ValueError("rollout.engine='vllm' does not support DoRA adapters")
+            a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
+            # one pass over W; fan_in_fan_out layers (GPT-2's Conv1D) store W transposed
+            weight = (torch.addmm(weight.float(), a.T, b.T, alpha=layer.scaling[adapter]) if layer.fan_in_fan_out
+                      else torch.addmm(weight.float(), b, a, alpha=layer.scaling[adapter]))
+    return weight.float()
 
 
 def resident_mb() -> float:
@@ -104,6 +115,7 @@ class VLLMEngine:
     """A colocated vLLM engine sampling with the student's current weights (synced before each rollout)."""
 
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig):
+        start, resident_before = time.perf_counter(), resident_mb()
         vllm = import_vllm()
         self.model, self.tokenizer, self.config = model, tokenizer, config
         device = next(model.parameters()).device
@@ -115,10 +127,12 @@ class VLLMEngine:
             memory = {"gpu_memory_utilization": config.vllm_gpu_memory}
         else:  # VLLM_CPU_KVCACHE_SPACE, if set, overrides this in vLLM
             memory = {"kv_cache_memory_bytes": config.vllm_kv_cache_mb * 2**20}
+            # vLLM 0.32's CPU build cannot reload its own AOT-compiled artefacts ("Compiling
+            # model again due to a load failure"); without AOT, later starts reuse the inductor cache.
+            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         # vLLM's CPU worker turns torch.set_num_threads into a no-op for the whole process
         # (it expects to own its threads); the thread count was set before, keep the function.
         set_num_threads = torch.set_num_threads
-        start, resident_before = time.perf_counter(), resident_mb()
         try:
             self.llm = vllm.LLM(
                 model=model.config.name_or_path, dtype=self.dtype, seed=0,
@@ -133,9 +147,9 @@ class VLLMEngine:
         # tied LM head); they keep their tensors, which is right. (Set after the engine
         # exists: starting it reconfigures vLLM's loggers.)
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        self.memory_mb = resident_mb() - resident_before  # CPU: vLLM's weights, KV cache and buffers
+        self.memory_mb = resident_mb() - resident_before  # CPU: `import vllm`, its weights, KV cache, buffers
         self.max_len = self.llm.llm_engine.model_config.max_model_len
-        self.stale = True  # synced before the first rollout, after any checkpoint has been loaded
+        self.stale, self.synced = True, False  # synced before the first rollout, after any checkpoint is loaded
         self.sync_seconds = 0.0
         mode = "compiled" if config.vllm_compile else "eager"
         where = (f"{config.vllm_gpu_memory:.0%} of the GPU" if device.type == "cuda"
@@ -146,10 +160,13 @@ class VLLMEngine:
     def sync_weights(self) -> None:
         """Push the student's current weights (LoRA folded in) into vLLM's copy."""
         start = time.perf_counter()
-        weights = merged_weights(self.model, getattr(torch, self.dtype))
+        # The first sync sends every weight, later ones only the adapted layers (the rest is
+        # frozen). A 4-bit model's frozen layers are packed: vLLM keeps those it loaded from disk.
+        adapted_only = self.synced or is_quantized(self.model)
+        weights = merged_weights(self.model, getattr(torch, self.dtype), adapted_only=adapted_only)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached prompt blocks were computed with the old weights
-        self.stale = False
+        self.stale, self.synced = False, True
         self.sync_seconds = time.perf_counter() - start
 
     def sampling_params(self, do_sample: bool):
