@@ -2,7 +2,7 @@
 
     python benchmarks/step_time.py                          # every method whose packages are installed: 6 rounds
     python benchmarks/step_time.py --methods sdft,sft --rounds 10
-    python benchmarks/step_time.py --methods sdft,sdft-vllm,sdft-int8,sft
+    python benchmarks/step_time.py --methods sdft,sdft-vllm,sft
     python benchmarks/step_time.py --baseline ../old-checkout   # also time that checkout's sdft and sft
 
 Every method runs in its own long-lived worker process (so its peak RSS is its own), which
@@ -14,7 +14,7 @@ rounds), median seconds per phase, rollout tokens per second, peak RSS; and for 
 methods the ratio of their step times within each round, as a median with its spread.
 
 Methods: sdft (rollouts by transformers' generate), sdft-vllm and sdft-vllm-compiled (the
-vllm engine, eager or compiled; `make install-vllm`), sdft-int8 (the int8 engine), sft, trl
+vllm engine, eager or compiled; `make install-vllm`), sft, trl
 (TRL's experimental SDFTTrainer, `pip install 'sdft-kit[bench]'`) and trl-vllm (the same with
 `use_vllm=True`, colocated), all on the same model, data, LoRA, batch, new tokens, teacher
 kind, loss (forward KL on the top-k with a tail bucket, 3 tokens skipped), template and
@@ -39,8 +39,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
 # sdft-kit's SDFT methods and the rollout settings each uses
-ROLLOUTS = {"sdft": {}, "sdft-vllm": {"engine": "vllm"}, "sdft-vllm-compiled": {"engine": "vllm", "vllm_compile": True},
-            "sdft-int8": {"engine": "int8"}}
+ROLLOUTS = {"sdft": {}, "sdft-vllm": {"engine": "vllm"}, "sdft-vllm-compiled": {"engine": "vllm", "vllm_compile": True}}
 METHODS = [*ROLLOUTS, "sft", "trl", "trl-vllm"]
 DEFAULT_METHODS = "sdft,sdft-vllm,sdft-vllm-compiled,sft,trl,trl-vllm"
 NEEDS = {"sdft-vllm": ["vllm"], "sdft-vllm-compiled": ["vllm"], "trl": ["trl"], "trl-vllm": ["trl", "vllm"]}

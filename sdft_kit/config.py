@@ -9,6 +9,7 @@ The choices of every mode are `Literal` types below; their tuples (`TEACHER_KIND
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,7 +35,7 @@ Method = Literal["sdft", "sft"]
 # Who scores the student's tokens: see teachers.make_teacher.
 TeacherKind = Literal["ema", "base", "live"]
 # What samples the rollouts: see rollout.make_engine.
-Engine = Literal["hf", "int8", "vllm"]
+Engine = Literal["hf", "vllm"]
 DemoSelection = Literal["own", "retrieval", "random"]
 Vocab = Literal["full", "topk", "sampled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -112,10 +113,10 @@ class RolloutConfig:
     generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)", at_least=1)
     engine: Engine = _help("hf", "what samples the rollouts: 'hf' (transformers' generate with the student's own "
                                  "weights), 'vllm' (a vLLM engine in the training process, synced with the "
-                                 "student after every step; pip install 'sdft-kit[vllm]', on a GPU "
-                                 "'sdft-kit[vllm-cuda]') or 'int8' (a per-rollout int8 copy of the student, CPU "
-                                 "only). Engines other than 'hf' sample from slightly different weights; the loss "
-                                 "corrects for it by truncated importance sampling, see loss.is_cap", choices=ENGINES)
+                                 "student after every step, for faster decoding; pip install 'sdft-kit[vllm]', "
+                                 "on a GPU 'sdft-kit[vllm-cuda]'). vLLM's copy may differ slightly from the student "
+                                 "(bf16, other kernels); the loss corrects for it by truncated importance sampling, "
+                                 "see loss.is_cap", choices=ENGINES)
     vllm_dtype: Dtype = _help("auto", "vllm engine's dtype: 'auto' (bf16 on CUDA, fp16 on GPUs without bf16; on CPUs "
                                       "bf16 only with native bf16, AVX512-BF16 or AMX, else fp32), 'float32', "
                                       "'bfloat16' or 'float16'", choices=DTYPES)
@@ -128,6 +129,9 @@ class RolloutConfig:
                                         "and KV cache (the rest is left for training)")
 
     def __post_init__(self) -> None:
+        if self.engine == "int8":  # removed (vllm decodes faster); run directories that used it still load
+            warnings.warn("rollout.engine 'int8' no longer exists: using 'hf' (or choose 'vllm')", stacklevel=3)
+            self.engine = "hf"
         _check(self)
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
@@ -143,7 +147,7 @@ class LossConfig:
     topk: int = _help(100, "k for vocab='topk'", at_least=1)
     skip_first: int = _help(3, "completion tokens left out of the loss at the start (paper: 3)", at_least=0)
     is_cap: float = _help(2.0, "cap on the importance weight p_student/p_sampler of each token when rollouts "
-                               "come from other weights (rollout.engine 'vllm' or 'int8'), as TRL and the official code do",
+                               "come from other weights (rollout.engine 'vllm'), as TRL and the official code do",
                           at_least=1)
 
     def __post_init__(self) -> None:

@@ -143,10 +143,10 @@ class VLLMEngine:
         finally:
             torch.set_num_threads = set_num_threads
         self.start_seconds = time.perf_counter() - start
-        # Each sync logs "Failed to load weights" for layers that take none (rotary tables, a
-        # tied LM head); they keep their tensors, which is right. (Set after the engine
-        # exists: starting it reconfigures vLLM's loggers.)
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        # Each sync warns of the weights it did not get (frozen layers, rotary tables, a tied
+        # LM head); they keep their tensors, which is right. (Set after the engine exists:
+        # starting it reconfigures vLLM's loggers.)
+        logging.getLogger("vllm.model_executor.model_loader.reload").setLevel(logging.ERROR)
         self.memory_mb = resident_mb() - resident_before  # CPU: `import vllm`, its weights, KV cache, buffers
         self.max_len = self.llm.llm_engine.model_config.max_model_len
         self.stale, self.synced = True, False  # synced before the first rollout, after any checkpoint is loaded

@@ -12,13 +12,15 @@ import sys
 import pytest
 import torch
 
-from sdft_kit import RolloutConfig, add_lora, load_examples, load_model, SAMPLE_DATA
+from sdft_kit import SAMPLE_DATA, RolloutConfig, load_examples
 from sdft_kit.batch import completion_logits, demonstration_batch, eos_ids
 from sdft_kit.config import TrainConfig
 from sdft_kit.demos import student_prompt
 from sdft_kit.models import lora_parameters
 from sdft_kit.rollout import make_engine
 from sdft_kit.update import demonstration_loss, make_optimizer, optimizer_step
+
+from test_fast_paths import _perturbed_lora_model
 
 # fp32 vLLM against the fp32 student, per token: measured up to 5e-5 on this CPU
 # (different kernels and summation order); 1e-3 leaves room for other CPUs.
@@ -36,12 +38,7 @@ def require_vllm() -> None:
 @pytest.fixture(scope="module")
 def student():
     """The embedded model with a LoRA moved away from zero, so the adapter changes what is sampled."""
-    model, tokenizer = load_model("embedded")
-    model = add_lora(model, seed=0)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in lora_parameters(model).values():
-            p.add_(torch.randn_like(p) * 0.05)
+    model, tokenizer = _perturbed_lora_model()
     examples = load_examples(SAMPLE_DATA)
     return model, tokenizer, examples, [student_prompt(tokenizer, ex) for ex in examples[:3]]
 
