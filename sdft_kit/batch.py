@@ -26,7 +26,7 @@ class Completions:
     prompt_mask: torch.Tensor  # (B, P), 1 on real prompt tokens
     completion_ids: torch.Tensor  # (B, C)
     completion_mask: torch.Tensor  # (B, C), 1 up to and including the first end token
-    # For rollouts sampled from other weights (int8): log q(token) under the sampler, at
+    # For rollouts sampled from other weights (vllm): log q(token) under the sampler, at
     # the sampling temperature, (B, C). None when the student itself sampled.
     sampler_logprobs: torch.Tensor | None = None
     temperature: float = 1.0

@@ -9,6 +9,7 @@ The choices of every mode are `Literal` types below; their tuples (`TEACHER_KIND
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,7 +35,7 @@ Method = Literal["sdft", "sft"]
 # Who scores the student's tokens: see teachers.make_teacher.
 TeacherKind = Literal["ema", "base", "live"]
 # What samples the rollouts: see rollout.make_engine.
-Engine = Literal["hf", "int8"]
+Engine = Literal["hf", "vllm"]
 DemoSelection = Literal["own", "retrieval", "random"]
 Vocab = Literal["full", "topk", "sampled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -120,14 +121,31 @@ class RolloutConfig:
                                 "model's context. Longer records stop the run before step 1 (see sdft-kit inspect)",
                              at_least=0)
     engine: Engine = _help("hf", "what samples the rollouts: 'hf' (transformers' generate with the student's own "
-                                 "weights) or 'int8' (a per-rollout int8 copy of the student, CPU only: faster "
-                                 "sampling from a slightly different policy, corrected by truncated importance "
-                                 "sampling, see loss.is_cap)", choices=ENGINES)
+                                 "weights), 'vllm' (a vLLM engine in the training process, synced with the "
+                                 "student after every step, for faster decoding; pip install 'sdft-kit[vllm]', "
+                                 "on a GPU 'sdft-kit[vllm-cuda]'). vLLM's copy may differ slightly from the student "
+                                 "(bf16, other kernels); the loss corrects for it by truncated importance sampling, "
+                                 "see loss.is_cap", choices=ENGINES)
+    vllm_dtype: Dtype = _help("auto", "vllm engine's dtype: 'auto' (bf16 on CUDA, fp16 on GPUs without bf16; on CPUs "
+                                      "bf16 only with native bf16, AVX512-BF16 or AMX, else fp32), 'float32', "
+                                      "'bfloat16' or 'float16'", choices=DTYPES)
+    vllm_compile: bool = _help(False, "vllm engine: compile the model (torch.compile, CUDA graphs on a GPU) for faster "
+                                      "decoding, at a longer start (~2 min on a CPU); off runs it eagerly")
+    vllm_kv_cache_mb: int = _help(256, "vllm engine on CPU: memory for its KV cache in MiB (the embedded model in "
+                                       "fp32 needs ~46 KB per token); the env var VLLM_CPU_KVCACHE_SPACE overrides it",
+                                  at_least=16)
+    vllm_gpu_memory: float = _help(0.3, "vllm engine on CUDA: share of the GPU's memory it may take for its weights "
+                                        "and KV cache (the rest is left for training)")
 
     def __post_init__(self) -> None:
+        if self.engine == "int8":  # removed (vllm decodes faster); run directories that used it still load
+            warnings.warn("rollout.engine 'int8' no longer exists: using 'hf' (or choose 'vllm')", stacklevel=3)
+            self.engine = "hf"
         _check(self)
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+        if not 0 < self.vllm_gpu_memory < 1:
+            raise ValueError(f"vllm_gpu_memory must be in (0, 1); got {self.vllm_gpu_memory}")
 
 
 @dataclass
@@ -138,7 +156,7 @@ class LossConfig:
     topk: int = _help(100, "k for vocab='topk'", at_least=1)
     skip_first: int = _help(3, "completion tokens left out of the loss at the start (paper: 3)", at_least=0)
     is_cap: float = _help(2.0, "cap on the importance weight p_student/p_sampler of each token when rollouts "
-                               "come from other weights (rollout.engine='int8'), as the official code does for vLLM",
+                               "come from other weights (rollout.engine 'vllm'), as TRL and the official code do",
                           at_least=1)
 
     def __post_init__(self) -> None:

@@ -2,7 +2,8 @@
 
 Sampling is done by an engine, picked by `rollout.engine`:
     hf    transformers' `generate` on the student's own weights (LoRA merged while decoding);
-    int8  the same loop on a per-rollout int8 copy of the student (CPU only; see int8.py).
+    vllm  a vLLM engine in the training process, synced with the student after every step
+          (faster decoding; its own copy of the weights; see vllm_engine.py).
 An engine has two methods: `sample(prompts, do_sample=True) -> Completions` and
 `after_step()`, called after every optimizer step (where an engine holding its own copy
 of the weights would sync them). Engines that sample from other weights than the
@@ -14,13 +15,20 @@ its name in config.Engine, a branch in `make_engine`.
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 import torch
-from transformers import LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from .batch import Completions, eos_ids, mask_after_eos, tokenize_prompts
 from .config import ENGINES, RolloutConfig
 from .models import eval_mode, is_quantized
+
+
+class RolloutEngine(Protocol):
+    def sample(self, prompts: list[str], *, do_sample: bool = True) -> Completions: ...
+
+    def after_step(self) -> None: ...
 
 
 @contextlib.contextmanager
@@ -50,14 +58,6 @@ class HFEngine:
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
 
-    def decoding(self):
-        """Context in which the model decodes (here: with its LoRA merged in)."""
-        return merged_lora(self.model)
-
-    def sampler_logprobs(self, temperature: float):
-        """A logits processor that records the sampled tokens' log-probs, or None when the student samples."""
-        return None
-
     @torch.no_grad()
     def sample(self, prompts: list[str], *, do_sample: bool = True) -> Completions:
         """`generations_per_prompt` completions per chat-rendered prompt, grouped by prompt (row i: prompt i // n)."""
@@ -67,10 +67,8 @@ class HFEngine:
         n = config.generations_per_prompt
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
         sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": 0} if do_sample else {}
-        temperature = config.temperature if do_sample else 1.0
-        recorder = self.sampler_logprobs(temperature)
         eos = eos_ids(model, tokenizer)
-        with eval_mode(model), self.decoding():
+        with eval_mode(model), merged_lora(model):
             sequences = model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
@@ -78,29 +76,28 @@ class HFEngine:
                 do_sample=do_sample,
                 eos_token_id=eos,
                 pad_token_id=tokenizer.pad_token_id,
-                logits_processor=LogitsProcessorList([recorder]) if recorder else None,
                 **sampling,
             )
         completion_ids = sequences[:, prompt_ids.shape[1]:]
         completion_mask = mask_after_eos(completion_ids, eos)
         # Padding after the end token is whatever generate wrote; make it the pad id for readability.
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-        sampler = recorder.finish(sequences) if recorder else None
-        return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, sampler, temperature)
+        return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                           temperature=config.temperature if do_sample else 1.0)
 
     def after_step(self) -> None:
         pass
 
 
-def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None) -> HFEngine:
+def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None) -> RolloutEngine:
     """The rollout engine of `config.engine` (one of config.ENGINES) over the student `model`."""
     config = config or RolloutConfig()
     if config.engine == "hf":
         return HFEngine(model, tokenizer, config)
-    if config.engine == "int8":
-        from .int8 import Int8Engine
+    if config.engine == "vllm":
+        from .vllm_engine import VLLMEngine
 
-        return Int8Engine(model, tokenizer, config)
+        return VLLMEngine(model, tokenizer, config)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {config.engine!r}")
 
 

@@ -63,7 +63,7 @@ def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
 def importance_weights(student_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
     """Truncated importance sampling: min(p_student(token) / q_sampler(token), cap), no gradient.
 
-    Reweights each token of a rollout sampled from other weights (int8) towards what the
+    Reweights each token of a rollout sampled from other weights (vllm) towards what the
     student itself would have sampled, as the official code does for vLLM rollouts.
     """
     return (student_logprobs.detach() - sampler_logprobs).exp().clamp(max=cap)

@@ -5,14 +5,12 @@ import contextlib
 import pytest
 import torch
 
-import sdft_kit.int8 as int8_module
 import sdft_kit.rollout as rollout_module
 from sdft_kit import Config, Trainer, add_lora, load_model
 from sdft_kit.demos import student_prompt
 from sdft_kit.config import LossConfig
 from sdft_kit.losses import teacher_topk
-from sdft_kit.batch import Completions, completion_logits, tokenize_prompts
-from sdft_kit.int8 import int8_weights
+from sdft_kit.batch import Completions, completion_logits
 from sdft_kit.models import lora_parameters
 from sdft_kit.rollout import RolloutConfig, rollout
 from sdft_kit.scoring import TeacherScores
@@ -83,57 +81,7 @@ def test_16_bit_bases_are_not_merged_so_their_frozen_weights_stay_exact(demo_exa
             assert torch.equal(p.detach(), base[name]), name  # a bf16 merge round trip would have moved them
 
 
-# -- int8 rollouts: an approximation of the student, corrected by importance weights --
-
-def _next_token_logprobs(model, tokenizer, prompts):
-    ids, mask = tokenize_prompts(tokenizer, prompts, torch.device("cpu"))
-    with torch.no_grad():
-        return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1)
-
-
-def test_int8_decoding_follows_the_student_and_leaves_its_weights_untouched(demo_examples):
-    model, tokenizer = _perturbed_lora_model()
-    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:4]]
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    exact = _next_token_logprobs(model, tokenizer, prompts)
-    with model.disable_adapter():
-        base = _next_token_logprobs(model, tokenizer, prompts)
-    with int8_weights(model):
-        int8 = _next_token_logprobs(model, tokenizer, prompts)
-    after = _next_token_logprobs(model, tokenizer, prompts)
-
-    def tv(a, b):  # total variation distance of the next-token distributions
-        return float((a.exp() - b.exp()).abs().sum(-1).max() / 2)
-    assert tv(int8, exact) < 0.1
-    assert tv(int8, exact) < tv(base, exact) / 2  # the LoRA update is in the int8 copy
-    assert torch.equal(after, exact)  # every layer's own forward is back
-    for name, p in model.named_parameters():
-        assert torch.equal(p.detach(), before[name]), name
-
-
-def _rescored(model, batch, temperature):
-    with torch.no_grad():
-        logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-    logprobs = torch.log_softmax(logits.float() / temperature, -1).gather(-1, batch.completion_ids[..., None])[..., 0]
-    return logprobs[batch.completion_mask.bool()], batch.sampler_logprobs[batch.completion_mask.bool()]
-
-
-def test_int8_rollout_records_the_samplers_log_probs(demo_examples, monkeypatch):
-    model, tokenizer = _perturbed_lora_model()
-    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:3]]
-    config = RolloutConfig(max_new_tokens=12, temperature=0.8, engine="int8")
-    torch.manual_seed(0)
-    batch = rollout(model, tokenizer, prompts, config)
-    assert batch.sampler_logprobs.shape == batch.completion_ids.shape and batch.temperature == 0.8
-    with int8_weights(model):  # the same int8 weights, all tokens at once instead of one by one
-        rescored, recorded = _rescored(model, batch, 0.8)
-    assert float((rescored - recorded).abs().mean()) < 0.05  # bf16 activations round differently
-    # with the sampler swapped for the exact student, the record is the student's log p, token by token
-    monkeypatch.setattr(int8_module, "int8_weights", lambda m: contextlib.nullcontext())
-    batch = rollout(model, tokenizer, prompts, config)
-    rescored, recorded = _rescored(model, batch, 0.8)
-    torch.testing.assert_close(recorded, rescored, rtol=0, atol=1e-4)
-
+# -- rollouts from other weights (the vllm engine): importance weights in the loss --
 
 def test_importance_weights_are_capped_ratios_without_gradient():
     student = torch.tensor([[-1.0, -0.5, -3.0]], requires_grad=True)
@@ -187,19 +135,8 @@ def test_importance_weighted_loss_equals_the_plain_loss_when_sampler_and_student
     torch.testing.assert_close(skewed.loss, per_seq.mean())
 
 
-def test_a_trainer_with_int8_rollouts_reports_its_importance_weights(demo_examples):
-    config = Config().replace(batch_size=2, max_new_tokens=8, steps=1, teacher="base", vocab="topk", topk=20,
-                              engine="int8")
-    record = Trainer(config, demo_examples).train_step()
-    assert 0.5 < record["is_weight"] < 1.5  # int8 sampling stays close to the student
-    assert torch.isfinite(torch.tensor(record["loss"]))
-
-
-def test_int8_rollouts_refuse_4_bit_or_gpu_models(lora_model):
-    model, _ = lora_model
-    model.config.quantization_config = {"load_in_4bit": True}  # what a bitsandbytes model carries
-    with pytest.raises(ValueError, match="CPU option"):
-        with int8_weights(model):
-            pass
+def test_unknown_engines_are_refused_and_the_removed_int8_falls_back_to_hf():
     with pytest.raises(ValueError, match="engine must be one of"):
         RolloutConfig(engine="fp8")
+    with pytest.warns(UserWarning, match="'int8' no longer exists"):  # run directories written before still load
+        assert RolloutConfig(engine="int8").engine == "hf"
