@@ -14,7 +14,7 @@ from collections import Counter
 from transformers import PreTrainedTokenizerBase
 
 from .config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES  # noqa: F401 (re-exported)
-from .data import Example
+from .data import DataError, Example
 from .text import words
 
 
@@ -99,3 +99,30 @@ class DemoSelector:
 
     def demos_for(self, index: int) -> list[str]:
         return [self.examples[j].demonstration for j in self.indices_for(index)]
+
+
+def check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, examples: list[Example], context: int | None, *,
+                         template: str, answer_tokens: int | None) -> None:
+    """Raise DataError naming the first record whose prompt, with room for the answer, exceeds `context` tokens.
+
+    Checked before training (tokenizing is cheap), so an oversized record is a clear error instead of a
+    failed allocation. The teacher prompt is checked with the record's own demonstration; `answer_tokens`
+    is the room kept for the answer (max_new_tokens), or None for SFT, where the answer is the demonstration.
+    """
+    if context is None:
+        return
+    if answer_tokens is None:
+        prompts = {"prompt with its demonstration": [student_prompt(tokenizer, ex) + ex.demonstration
+                                                     for ex in examples]}
+    else:
+        prompts = {"prompt": [student_prompt(tokenizer, ex) for ex in examples],
+                   "teacher prompt": [teacher_prompt(tokenizer, ex, [ex.demonstration], template) for ex in examples]}
+    room = answer_tokens or 0
+    for what, texts in prompts.items():
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        for ex, length in zip(examples, lengths):
+            if length + room > context:
+                answer = f" plus {room} for the answer (max_new_tokens)" if room else ""
+                raise DataError(f"{ex.source}: the {what} is {length} tokens{answer}, more than the model's context "
+                                f"of {context} tokens. Shorten or remove this record"
+                                + (", or lower --max-new-tokens" if room and length < context else ""))
