@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .checkpoint import mark_run
 from .config import Config, fields_by_section, flag
 from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, load_examples
 from .demos import DemoSelector, student_prompt, teacher_prompt
@@ -201,7 +202,7 @@ class TrainingWorker:
             while run_dir.exists():
                 suffix += 1
                 run_dir = self.runs_dir / f"{stamp}-{config.train.method}-{suffix}"
-            run_dir.mkdir(parents=True)
+            mark_run(run_dir)  # a run folder with no step yet, which the Trainer may start in
             config.save(run_dir / "config.yaml")  # listed as a run at once (the trainer rewrites it)
             save_examples(examples, run_dir / "data.jsonl")
         except BaseException:

@@ -7,11 +7,17 @@ overrides the YAML given with --config, which overrides the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
+import signal
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+from .checkpoint import RESUMABLE, newest_checkpoint
 from .config import Config, fields_by_section, flag
 from .data import SAMPLE_DATA, DataError, load_examples
 
@@ -28,9 +34,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         parser.add_argument(flag(f.name), **kwargs)
 
 
-def build_config(args: argparse.Namespace, defaults: dict | None = None) -> Config:
-    """The run's config: --config's YAML, else the defaults (with `defaults` applied); then every flag given."""
-    config = Config.load(args.config) if args.config else Config().replace(**(defaults or {}))
+def build_config(args: argparse.Namespace, defaults: dict | None = None, base: Config | None = None) -> Config:
+    """The run's config: --config's YAML, else `base` (a resumed run's), else the defaults (with `defaults`
+    applied); then every flag given."""
+    config = Config.load(args.config) if args.config else base or Config().replace(**(defaults or {}))
     overrides = {name: getattr(args, name) for _, f in fields_by_section() if hasattr(args, name := f.name)}
     return config.replace(**overrides)
 
@@ -42,21 +49,38 @@ def _print_step(record: dict) -> None:
           f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB", flush=True)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _stop_on_ctrl_c(trainer) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) once: finish the step under way, checkpoint it and stop. Twice: quit at once."""
+    def on_signal(signum, frame) -> None:
+        print("\nstopping after this step, with a checkpoint (Ctrl-C again quits at once)", file=sys.stderr, flush=True)
+        trainer.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
     out = Path(args.out)
+    saved = None
     if args.resume:
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"{out}: not a run directory (config.yaml is missing); nothing to resume")
-        config = Config.load(out / "config.yaml")
-        if "steps" in args:
-            config = config.replace(steps=args.steps)
-    else:
-        config = build_config(args)
+        saved = Config.load(out / "config.yaml")  # flags change it where a resumed run allows (Trainer checks)
+    config = build_config(args, base=saved)
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
-    trainer = Trainer(config, examples, out, resume=args.resume)
+    trainer = Trainer(config, examples, out, resume=args.resume)  # checks and locks --out before the model loads
+    if args.resume:
+        print(f"resuming at step {trainer.step}" + ("" if trainer.step else " (no checkpoint yet: from the start)"))
     if trainer.inspection.warnings:
         print(trainer.inspection.summary() + "\n(see them with sdft-kit inspect)", file=sys.stderr, flush=True)
     if config.train.method == "sdft" and not args.resume and not args.skip_check:
@@ -65,9 +89,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         # A few seconds' look at whether the model can teach itself on this data.
         check = quick_check(trainer)
         print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
-    for record in trainer.steps():
-        _print_step(record)
+    with _stop_on_ctrl_c(trainer):
+        for record in trainer.steps():
+            _print_step(record)
+    if trainer.step < config.train.steps:  # stopped by Ctrl-C
+        kept = (f"the checkpoint of step {trainer.saved_step} is in {out / 'checkpoint'}; continue with --resume"
+                if trainer.saved_step else "no step was completed, so nothing is kept")
+        print(f"stopped after step {trainer.step}/{config.train.steps}: {kept}", file=sys.stderr)
+        return 130
     print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
+    return 0
 
 
 DEMO_FORMAT = "Answer:"  # how every bundled sample demonstration opens
@@ -136,19 +167,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .config import ModelConfig
     from .chat import chat
-    from .models import load_adapter, load_model
+    from .config import ModelConfig
+    from .models import adapter_base, load_adapter, load_model
 
-    run_config = Path(args.adapter).parent / "config.yaml" if args.adapter else None
-    if run_config is not None and run_config.is_file() and args.model is None:
-        model_config = Config.load(run_config).model
+    if not args.adapter:
+        model, tokenizer = load_model(args.model or "embedded", ModelConfig(model=args.model or "embedded"))
     else:
-        model_config = ModelConfig(model=args.model or "embedded")
-    if args.adapter:
-        model, tokenizer = load_adapter(args.adapter, model_config)
-    else:
-        model, tokenizer = load_model(model_config.model, model_config)
+        adapter = Path(args.adapter)
+        # A run's adapter/ or checkpoint/adapter: the run's config.yaml has the loading options (dtype, 4-bit).
+        run = adapter.parent.parent if adapter.parent.name == "checkpoint" else adapter.parent
+        options = Config.load(run / "config.yaml").model if (run / "config.yaml").is_file() else ModelConfig()
+        # The base: --model, else the one the adapter records (so a moved or copied adapter finds it).
+        base = args.model or adapter_base(adapter) or options.model
+        model, tokenizer = load_adapter(adapter, dataclasses.replace(options, model=base))
     print(chat(model, tokenizer, args.prompt, args.max_new_tokens, system=args.system, temperature=args.temperature))
 
 
@@ -316,9 +348,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train with SDFT (or the SFT baseline) on your demonstrations")
     train.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
-    train.add_argument("--out", required=True, help="run directory (must be new, unless --resume)")
+    train.add_argument("--out", required=True, help="run directory: a new or empty folder (or a run that has no "
+                                                    "completed step), unless --resume")
     train.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint "
+                       f"(same data; of the settings only {', '.join(map(flag, RESUMABLE))} may change)")
     train.add_argument("--skip-check", action="store_true", help="skip the quick teacher check before SDFT training")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
@@ -413,19 +447,37 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves, said truthfully: the checkpoint kept, if any."""
+    if args.command != "train":
+        return "interrupted"
+    out = Path(args.out)
+    newest = newest_checkpoint(out) if out.is_dir() else None
+    if newest is not None:
+        return f"interrupted: the checkpoint of step {newest[0]} is kept in {out} (continue with --resume)"
+    if (out / "config.yaml").is_file():
+        return f"interrupted before any checkpoint: no step is kept in {out} (--resume starts the run over)"
+    return "interrupted; nothing was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except (DataError, ValueError, OSError, RuntimeError) as err:
-        if os.environ.get("SDFT_KIT_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
-        return 130
-    return code or 0
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line each, without the source line
+        try:
+            return args.func(args) or 0
+        except (DataError, ValueError, OSError, RuntimeError) as err:
+            if os.environ.get("SDFT_KIT_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(_interrupted(args), file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

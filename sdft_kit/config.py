@@ -9,6 +9,7 @@ The choices of every mode are `Literal` types below; their tuples (`TEACHER_KIND
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,19 +55,52 @@ THINKING: tuple[str, ...] = get_args(Thinking)
 RENAMED = {"weights": "engine"}
 
 
-def _help(default: Any, text: str, *, choices: tuple = (), at_least: float | None = None) -> Any:
-    """A field with its help text and what `_check` validates: one of `choices`, or >= `at_least`."""
-    return field(default=default, metadata={"help": text, "choices": choices, "at_least": at_least})
+def _help(default: Any, text: str, *, choices: tuple = (), at_least: float | None = None,
+          above: float | None = None, at_most: float | None = None, below: float | None = None) -> Any:
+    """A field with its help text and what `_check` validates: one of `choices`, or a number in the bounds."""
+    bounds = {">=": at_least, ">": above, "<=": at_most, "<": below}
+    return field(default=default, metadata={"help": text, "choices": choices,
+                                            "bounds": {op: x for op, x in bounds.items() if x is not None}})
+
+
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+_COMPARE = {">=": lambda v, x: v >= x, ">": lambda v, x: v > x, "<=": lambda v, x: v <= x, "<": lambda v, x: v < x}
+_INVALID = object()
+
+
+def _typed(f: dataclasses.Field, value: Any) -> Any:
+    """`value` as the field's type (its default's), else _INVALID. A float field also takes an int or a
+    numeric text: YAML 1.1 reads `5e-4` (no dot) as a string."""
+    kind = bool if f.default is None else type(f.default)  # None: an optional switch, e.g. load_in_4bit
+    if value is None and f.default is None or isinstance(value, kind) and isinstance(value, bool) == (kind is bool):
+        return value
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return _INVALID
 
 
 def _check(section: Any) -> None:
-    """Validate a section's fields against their `choices` and `at_least` bounds, naming what to change."""
+    """Validate a section's fields (type, choices, finite and within bounds), naming the field and what to change."""
+    section_name = type(section).__name__.removesuffix("Config").lower()
     for f in dataclasses.fields(section):
-        value, choices, low = getattr(section, f.name), f.metadata["choices"], f.metadata["at_least"]
-        if choices and value not in choices:
-            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-        if low is not None and not value >= low:
-            raise ValueError(f"{f.name} must be >= {low}; got {value!r}")
+        value, choices, bounds = getattr(section, f.name), f.metadata["choices"], f.metadata["bounds"]
+        typed = _typed(f, value)
+        if typed is _INVALID:
+            wanted = _TYPE_NAMES[bool if f.default is None else type(f.default)]
+        elif choices and typed not in choices:
+            wanted = f"one of {', '.join(map(str, choices))}"
+        elif isinstance(typed, float) and not math.isfinite(typed):
+            wanted = "a finite number"
+        elif bounds and not all(_COMPARE[op](typed, x) for op, x in bounds.items()):
+            wanted = " and ".join(f"{op} {x:g}" for op, x in bounds.items())
+        else:
+            setattr(section, f.name, typed)
+            continue
+        raise ValueError(f"{f.name} must be {wanted}; got {value!r} (set it with {flag(f.name)}, or under "
+                         f"'{section_name}:' in a YAML config)")
 
 
 @dataclass
@@ -78,8 +112,9 @@ class ModelConfig:
                         "'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     device: Device = _help("auto", "'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'", choices=DEVICES)
     lora_r: int = _help(16, "LoRA rank", at_least=1)
-    lora_alpha: int = _help(32, "LoRA scaling alpha")
-    lora_dropout: float = _help(0.0, "LoRA dropout (0 keeps rollout and scoring policies identical)")
+    lora_alpha: int = _help(32, "LoRA scaling alpha", at_least=1)
+    lora_dropout: float = _help(0.0, "LoRA dropout (0 keeps rollout and scoring policies identical)",
+                                 at_least=0, below=1)
     lora_target: str = _help("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of names")
     trust_remote_code: bool = _help(False, "run model code from the Hub (off: only for models you trust)")
     thinking: Thinking = _help("auto", "chat templates with a thinking switch (Qwen3's enable_thinking): 'on' or "
@@ -94,7 +129,8 @@ class ModelConfig:
 class TeacherConfig:
     teacher: TeacherKind = _help("ema", "teacher weights: 'ema' (paper), 'base' (adapter off) or 'live' "
                                         "(current student)", choices=TEACHER_KINDS)
-    ema_rate: float = _help(0.01, "EMA update: teacher = rate * student + (1 - rate) * teacher, after each step")
+    ema_rate: float = _help(0.01, "EMA update: teacher = rate * student + (1 - rate) * teacher, after each step",
+                             above=0, at_most=1)
     demo_selection: DemoSelection = _help("own", "demonstrations in the teacher prompt: 'own' (paper), "
                                                  "'retrieval' or 'random'", choices=DEMO_SELECTIONS)
     num_demos: int = _help(1, "how many demonstrations 'retrieval' and 'random' put in the teacher prompt",
@@ -104,8 +140,6 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check(self)
-        if not 0.0 < self.ema_rate <= 1.0:
-            raise ValueError(f"ema_rate must be in (0, 1]; got {self.ema_rate}")
         for slot in ("{prompt}", "{demonstration}"):
             if self.template not in TEMPLATES and slot not in self.template:
                 raise ValueError(f"template must contain {slot}; got {self.template!r}")
@@ -114,8 +148,8 @@ class TeacherConfig:
 @dataclass
 class RolloutConfig:
     max_new_tokens: int = _help(128, "longest student answer sampled per prompt", at_least=1)
-    temperature: float = _help(1.0, "sampling temperature (paper: 1.0)")
-    top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)")
+    temperature: float = _help(1.0, "sampling temperature (paper: 1.0)", above=0)
+    top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)", above=0, at_most=1)
     generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)", at_least=1)
     max_context: int = _help(0, "tokens a prompt (student's or teacher's) plus max_new_tokens may take; 0: the "
                                 "model's context. Longer records stop the run before step 1 (see sdft-kit inspect)",
@@ -135,22 +169,19 @@ class RolloutConfig:
                                        "fp32 needs ~46 KB per token); the env var VLLM_CPU_KVCACHE_SPACE overrides it",
                                   at_least=16)
     vllm_gpu_memory: float = _help(0.3, "vllm engine on CUDA: share of the GPU's memory it may take for its weights "
-                                        "and KV cache (the rest is left for training)")
+                                        "and KV cache (the rest is left for training)", above=0, below=1)
 
     def __post_init__(self) -> None:
         if self.engine == "int8":  # removed (vllm decodes faster); run directories that used it still load
             warnings.warn("rollout.engine 'int8' no longer exists: using 'hf' (or choose 'vllm')", stacklevel=3)
             self.engine = "hf"
         _check(self)
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-        if not 0 < self.vllm_gpu_memory < 1:
-            raise ValueError(f"vllm_gpu_memory must be in (0, 1); got {self.vllm_gpu_memory}")
 
 
 @dataclass
 class LossConfig:
-    alpha: float = _help(0.0, "0 = forward KL(teacher||student) (paper), 1 = reverse KL, between = generalised JSD")
+    alpha: float = _help(0.0, "0 = forward KL(teacher||student) (paper), 1 = reverse KL, between = generalised JSD",
+                          at_least=0, at_most=1)
     vocab: Vocab = _help("full", "distributions compared over: 'full' vocabulary, teacher 'topk' + tail, or "
                                  "'sampled' token + rest", choices=VOCABS)
     topk: int = _help(100, "k for vocab='topk'", at_least=1)
@@ -161,8 +192,6 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check(self)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1]; got {self.alpha}")
 
 
 @dataclass
@@ -174,21 +203,24 @@ class TrainConfig:
     grad_accum: int = _help(1, "micro-batches per optimizer step", at_least=1)
     chunk_size: int = _help(1, "sequences per teacher/student pass (0 = whole batch): smaller saves memory, "
                                "same loss and gradients", at_least=0)
-    learning_rate: float = _help(5e-4, "AdamW learning rate (LoRA rates are ~10x full fine-tuning's)")
-    warmup_ratio: float = _help(0.1, "share of steps with linear warm-up before the cosine decay")
-    max_grad_norm: float = _help(1.0, "gradient-norm clip")
-    weight_decay: float = _help(0.0, "AdamW weight decay (paper: none)")
-    seed: int = _help(0, "seed for data order, sampling and LoRA init")
-    save_every: int = _help(25, "checkpoint every N steps (and at the end)", at_least=1)
+    learning_rate: float = _help(5e-4, "AdamW learning rate (LoRA rates are ~10x full fine-tuning's)", above=0,
+                                at_most=1)
+    warmup_ratio: float = _help(0.1, "share of steps with linear warm-up before the cosine decay", at_least=0,
+                               below=1)
+    max_grad_norm: float = _help(1.0, "gradient-norm clip", above=0)
+    weight_decay: float = _help(0.0, "AdamW weight decay (paper: none)", at_least=0)
+    seed: int = _help(0, "seed for data order, sampling and LoRA init", at_least=0)
+    save_every: int = _help(1, "checkpoint every N steps (1: every completed step survives a crash); a stop (Ctrl-C), "
+                                "the last step and too many non-finite steps always checkpoint", at_least=1)
+    max_bad_steps: int = _help(3, "a step whose loss or gradients are not finite is skipped (weights unchanged); "
+                                  "training stops after this many in a row", at_least=1)
     record_topk: int = _help(5, "top-k tokens kept per position in the step records", at_least=1)
-    threads: int = _help(0, "torch CPU threads (0: leave torch's default)")
+    threads: int = _help(0, "torch CPU threads (0: leave torch's default)", at_least=0)
     release_memory: bool = _help(True, "on Linux CPUs, give freed tensor memory back to the OS at once (glibc's "
                                        "mmap threshold fixed at 128 KiB): lower peak RSS for a few percent of step time")
 
     def __post_init__(self) -> None:
         _check(self)
-        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("learning_rate must be > 0 and warmup_ratio in [0, 1)")
 
 
 @dataclass
@@ -202,8 +234,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> Config:
@@ -223,7 +258,10 @@ class Config:
             bad = set(values) - known
             if bad:
                 raise ValueError(f"{where}: unknown field(s) {sorted(bad)} in section '{f.name}'; known: {sorted(known)}")
-            built[f.name] = section_cls(**values)
+            try:
+                built[f.name] = section_cls(**values)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}" if where != "config" else str(err)) from None
         return cls(**built)
 
     @classmethod
@@ -231,7 +269,16 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: config file not found")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            raise ValueError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({err.problem}); "
+                             "check the indentation and the 'key: value' form of each line") from None
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err}); check the 'key: value' form of each line") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (UTF-8); save the config as plain text") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of sections (model:, train:, ...)")
         return cls.from_dict(data, where=str(path))

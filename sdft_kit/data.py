@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -71,6 +72,16 @@ def load_examples(source: str | Path | list[dict] | Any, *, limit: int | None = 
         if len(examples) == limit:
             break
     return examples
+
+
+def fingerprint(examples: list[Example]) -> dict:
+    """What identifies a training set: a SHA-256 of the examples' content (messages and demonstrations, in
+    order; not where they came from), their number and their file. `--resume` checks a run keeps its data."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.messages, example.demonstration], ensure_ascii=False).encode() + b"\n")
+    first = examples[0].source if examples else ""
+    return {"sha256": digest.hexdigest(), "examples": len(examples), "source": first.rpartition(":")[0] or first}
 
 
 def example_from_record(record: dict, where: str) -> Example:

@@ -63,7 +63,7 @@ class PromptCheck:
 @dataclass
 class Inspection:
     records: list[PromptCheck]
-    context: int  # the longest prompt + answer allowed, in tokens
+    context: int | None  # the longest prompt + answer allowed, in tokens (None: the model does not say)
     max_new_tokens: int
 
     @property
@@ -83,9 +83,11 @@ class Inspection:
                 kinds.setdefault(flag.kind, []).append((record, flag))
             for kind, hits in kinds.items():
                 record, flag = hits[0]
-                more = f" (and {len(hits) - 1} more record{'s' * (len(hits) > 2)})" if len(hits) > 1 else ""
+                others = len({id(r) for r, _ in hits}) - 1  # a record may be flagged on both sides
+                more = f" (and {others} more record{'s' * (others > 1)})" if others else ""
                 lines.append(f"{level}: {record.source}: {flag.message}{more}")
-        return "\n".join(lines) or f"prompts OK: {len(self.records)} records fit {self.context} tokens with the answer"
+        fit = f" fit {self.context} tokens with the answer" if self.context else " checked (the model names no context length)"
+        return "\n".join(lines) or f"prompts OK: {len(self.records)} records{fit}"
 
     def text(self, n: int = 3) -> str:
         """The first `n` records' prompts as token streams (whitespace made visible), then the summary."""
@@ -145,10 +147,11 @@ def _template_words(skeleton: str, tokenizer: PreTrainedTokenizerBase) -> set[st
     return {piece for piece in pieces if piece and piece not in ROLE_WORDS}
 
 
-def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example], config: Config, *, context: int,
+def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example], config: Config, *, context: int | None,
                     indices: list[int] | None = None) -> Inspection:
     """Check the records at `indices` (default: all) against `context` tokens (see the module doc)."""
     limit = config.rollout.max_context or context
+    where = "rollout.max_context" if config.rollout.max_context else "the model's context"
     budget = config.rollout.max_new_tokens
     selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, config.train.seed)
     if not tokenizer.chat_template:
@@ -165,11 +168,14 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
         demo = len(tokenizer(example.demonstration, add_special_tokens=False)["input_ids"])
         check = PromptCheck(example.source or f"record {i}", *([tokenizer.decode([t]) for t in ids[side]]
                                                                 for side in ("student", "teacher")), demo)
-        for side in ("student", "teacher"):
-            if len(ids[side]) + budget > limit:
-                check.flags.append(Flag("error", "too long", f"the {side} prompt has {len(ids[side])} tokens; with "
-                                        f"max_new_tokens {budget} that is over the {limit}-token limit. Shorten "
-                                        "the record, lower max_new_tokens, or drop the record"))
+        # SFT trains on prompt + demonstration; SDFT's prompts need room for a max_new_tokens rollout.
+        sft = config.train.method == "sft"
+        for side in ("student",) if sft else ("student", "teacher"):
+            room, what = (demo, "its demonstration") if sft else (budget, "max_new_tokens for the answer")
+            if limit and len(ids[side]) + room > limit:
+                check.flags.append(Flag("error", "too long", f"the {side} prompt is {len(ids[side])} tokens plus "
+                                        f"{room} for {what}, more than {where} of {limit} tokens. "
+                                        "Shorten or remove this record" + ("" if sft else ", or lower max_new_tokens")))
         skeletons = {side: _skeleton(texts[side], sides[side]) for side in sides}
         if (THINK in skeletons["student"]) != (THINK in skeletons["teacher"]):
             opened = "student" if THINK in skeletons["student"] else "teacher"

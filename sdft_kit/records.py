@@ -9,6 +9,8 @@ are their documented shape.
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -86,14 +88,55 @@ def sample_record(tokenizer, example, batch, student, teacher, row: int = 0) -> 
 
 
 def append_record(path: str | Path, record: StepRecord) -> None:
-    """Append one record to a metrics.jsonl as one line."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one record to a metrics.jsonl as one line, whole: one write of the full line, then fsync.
+
+    If the write fails (a full disk writes part of a line, then fails), the file is cut back to where
+    it was, so no torn line is left for a later read to trip over."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            while written < len(line):  # only a short write (full disk) gets here; the next write raises
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, end)
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_metrics(path: str | Path) -> tuple[list[StepRecord], list[int]]:
+    """The records of a metrics.jsonl, and the byte offset where each one's line ends.
+
+    A last line cut short (no newline, or not JSON: a crash or a full disk during its write) is dropped
+    with a warning; a damaged line before the last is an error naming it."""
+    data = Path(path).read_bytes()
+    *whole, tail = data.split(b"\n")  # tail: what follows the last newline, empty unless a write was cut short
+    torn = (len(whole) + 1, tail, "no newline at its end") if tail.strip() else None
+    records, ends, end = [], [], 0
+    for number, line in enumerate(whole, start=1):
+        end += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+            ends.append(end)
+        except ValueError as err:
+            if torn or any(rest.strip() for rest in whole[number:]):
+                raise ValueError(f"{path}, line {number}: not a whole JSON record ({err}); the file is damaged: "
+                                 "remove that line") from None
+            torn = (number, line, str(err))
+    if torn:
+        number, line, why = torn
+        warnings.warn(f"{path}: dropped a torn last line (line {number}, {len(line)} bytes, {why}), left by a write "
+                      "cut short by a crash or a full disk")
+    return records, ends
 
 
 def load_records(run_dir: str | Path) -> list[StepRecord]:
     """The step records of a run directory (none yet: an empty list), for re-plotting a run."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_metrics(path)[0] if path.exists() else []

@@ -9,15 +9,18 @@
 
 A run directory holds config.yaml, metrics.jsonl (one JSON record per step, see
 records.py), adapter/ (PEFT format) and checkpoint/ (adapter + optimizer + scheduler +
-teacher state + data position) to resume from.
+teacher state + data position) to resume from; checkpoint.py keeps it whole through
+crashes, Ctrl-C and full disks, and locks it while a Trainer trains in it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import random
-import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +28,9 @@ from pathlib import Path
 import torch
 
 from .batch import Completions, demonstration_batch
+from .checkpoint import ADAPTER, CHECKPOINT, RunDir
 from .config import Config
-from .data import Example
+from .data import DataError, Example, fingerprint
 from .demos import DemoSelector, student_prompt, teacher_prompt
 from .losses import chunk_shares
 from .inspector import inspect_prompts
@@ -56,15 +60,33 @@ class MicroBatch:
     sample: SampleRecord
 
 
+class NonFiniteSteps(RuntimeError):
+    """Training stopped: `max_bad_steps` steps in a row had a non-finite loss or gradients."""
+
+
 class Trainer:
-    """Holds the state of a run (model, optimizer, teacher, rollout engine, data position)."""
+    """Holds the state of a run (model, optimizer, teacher, rollout engine, data position).
+
+    With `out_dir`, the run directory is checked and locked before the model loads (see
+    checkpoint.RunDir.open); `resume=True` continues the run there from its newest checkpoint.
+    """
 
     def __init__(self, config: Config, examples: list[Example], out_dir: str | Path | None = None, *,
                  model=None, tokenizer=None, resume: bool = False):
         if not examples:
             raise ValueError("no training examples")
         self.config, self.examples = config, examples
-        train = config.train
+        self.run = RunDir.open(out_dir, config, fingerprint(examples), resume=resume) if out_dir is not None else None
+        self.out_dir = self.run.path if self.run is not None else None
+        self.stop_requested = False
+        try:
+            self._build(model, tokenizer, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, model, tokenizer, resume: bool) -> None:
+        config, train = self.config, self.config.train
         set_threads(train.threads)
         torch.manual_seed(train.seed)
         if model is None:
@@ -78,15 +100,18 @@ class Trainer:
         self.teacher = make_teacher(config.teacher.teacher, model, ema_rate=config.teacher.ema_rate)
         self.engine = make_engine(model, tokenizer, config.rollout) if train.method == "sdft" else None
         self.objective = sdft_objective if train.method == "sdft" else sft_objective
-        self.selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, train.seed)
-        # Every record's prompts, before any step: too-long prompts stop here; warnings stay in `inspection`.
-        self.inspection = inspect_prompts(tokenizer, examples, config, context=context_length(model.config))
+        self.selector = DemoSelector(self.examples, config.teacher.demo_selection, config.teacher.num_demos,
+                                     train.seed)
+        # Every record's prompts, before any step: a record over the model's context (a clear error now, not a
+        # huge allocation at step 1) or a missing template stops here; warnings stay in `inspection`.
+        self.inspection = inspect_prompts(tokenizer, self.examples, config, context=context_length(model.config))
         if self.inspection.errors:
-            raise ValueError(self.inspection.summary())
-        self.step, self.examples_seen, self.elapsed = 0, 0, 0.0
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        if self.out_dir is not None:
-            self._open_run_dir(resume)
+            raise DataError(self.inspection.summary().removeprefix("error: "))
+        self.step, self.examples_seen, self.elapsed, self.saved_step = 0, 0, 0.0, 0
+        if self.run is not None and resume:
+            if self.run.checkpoint is not None:
+                self._load_checkpoint(self.run.checkpoint)
+            self.run.trim_metrics(self.step)  # steps logged after the checkpoint are redone
 
     # -- data order: a seeded permutation per epoch, so resuming needs only a count --
     def _next_indices(self, count: int) -> list[int]:
@@ -150,15 +175,41 @@ class Trainer:
         return MicroBatch(loss, divergence_sum, batch.num_tokens, is_weight_sum, is_weight_count, sample)
 
     def train_step(self) -> StepRecord:
-        """One optimizer step (grad_accum micro-batches); returns its record."""
+        """One optimizer step (grad_accum micro-batches); returns its record.
+
+        A step whose loss or gradient norm is not finite is skipped with a warning: its gradients are
+        dropped, the weights stay as they were and the data moves on to the next batch. After
+        `max_bad_steps` such steps in a row, NonFiniteSteps stops the training.
+        """
+        limit = self.config.train.max_bad_steps
+        for bad in range(1, limit + 1):
+            record = self._try_step()
+            if record is not None:
+                return record
+            warnings.warn(f"step {self.step + 1}: the loss or the gradients were not finite; skipped it, the weights "
+                          f"are unchanged ({bad} of at most {limit} in a row)", RuntimeWarning, stacklevel=2)
+        raise NonFiniteSteps(
+            f"training stopped at step {self.step + 1}: the loss or the gradients were not finite {limit} times in a "
+            f"row. The weights after step {self.step} are kept"
+            + (f" (checkpoint in {self.out_dir / CHECKPOINT})" if self.out_dir is not None and self.step else "")
+            + "; start a new run with a lower --learning-rate, or raise --max-bad-steps")
+
+    def _try_step(self) -> StepRecord | None:
+        """One optimizer step and its record; None (nothing applied) if the loss or gradients are not finite."""
         cfg = self.config
         start = time.perf_counter()
         seconds = {"rollout": 0.0, "teacher": 0.0, "student": 0.0, "optimizer": 0.0}
         self.model.train()
         parts = [self._micro_batch(seconds) for _ in range(cfg.train.grad_accum)]
+        loss = sum(p.loss for p in parts) / len(parts)
         lr = self.scheduler.get_last_lr()[0]
         opt_start = time.perf_counter()
-        grad_norm = optimizer_step(self.model, self.optimizer, self.scheduler, cfg.train.max_grad_norm)
+        grad_norm = (optimizer_step(self.model, self.optimizer, self.scheduler, cfg.train.max_grad_norm)
+                     if math.isfinite(loss) else math.nan)
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.elapsed += time.perf_counter() - start
+            return None
         self.teacher.after_step()
         if self.engine is not None:
             self.engine.after_step()
@@ -172,7 +223,7 @@ class Trainer:
             "step": self.step,
             "steps": cfg.train.steps,
             "method": cfg.train.method,
-            "loss": sum(p.loss for p in parts) / len(parts),
+            "loss": loss,
             "mean_kl": sum(p.divergence_sum for p in parts) / max(tokens, 1) if cfg.train.method == "sdft" else None,
             "lr": lr,
             "grad_norm": grad_norm,
@@ -185,16 +236,42 @@ class Trainer:
         }
 
     def steps(self) -> Iterator[StepRecord]:
-        """Train to `config.train.steps`, yielding each step's record as it is made."""
-        while self.step < self.config.train.steps:
-            record = self.train_step()
-            if self.out_dir is not None:
-                append_record(self.out_dir / "metrics.jsonl", record)
-                if self.step % self.config.train.save_every == 0 or self.step == self.config.train.steps:
-                    self.save_checkpoint()
-            yield record
-        if self.out_dir is not None:
-            self.save_adapter(self.out_dir / "adapter")
+        """Train to `config.train.steps`, yielding each step's record as it is made.
+
+        With a run directory: each record is appended to metrics.jsonl, the state is checkpointed every
+        `save_every` steps, at the last step, when stopped (`stop()`) and before NonFiniteSteps is raised,
+        and the adapter is saved at the end. The run stays locked until the steps end.
+        """
+        train = self.config.train
+        if self.run is not None:
+            self.run.acquire()
+        try:
+            while self.step < train.steps and not self.stop_requested:
+                try:
+                    record = self.train_step()
+                except NonFiniteSteps:
+                    self._checkpoint_if_behind()  # the last good state
+                    raise
+                if self.run is not None:
+                    self.run.append_record(record)
+                    if self.step % train.save_every == 0 or self.step == train.steps or self.stop_requested:
+                        self.save_checkpoint()
+                yield record
+            self._checkpoint_if_behind()  # stopped while the last record was being handled
+            if self.run is not None:
+                self.run.save(ADAPTER, self.save_adapter, self.step)
+        finally:
+            if self.run is not None:
+                self.run.release()
+
+    def stop(self) -> None:
+        """Make steps() stop after the step under way, with a checkpoint of it (safe to call from a signal handler)."""
+        self.stop_requested = True
+
+    def close(self) -> None:
+        """Unlock the run directory (steps() does so when it ends)."""
+        if self.run is not None:
+            self.run.release()
 
     def train(self, progress: bool = True) -> list[StepRecord]:
         """Run all steps with a progress bar; returns the records."""
@@ -218,58 +295,47 @@ class Trainer:
         return path
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoint/ atomically: a crash mid-save keeps the previous one."""
-        final = self.out_dir / "checkpoint"
-        staging = self.out_dir / "checkpoint.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.model.save_pretrained(staging / "adapter")
-        torch.save({
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "teacher": self.teacher.state_dict(),
-            "rng": torch.get_rng_state(),
-        }, staging / "state.pt")
-        (staging / "trainer_state.json").write_text(json.dumps(
-            {"step": self.step, "examples_seen": self.examples_seen, "elapsed_s": self.elapsed}))
-        old = self.out_dir / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        """Write checkpoint/: adapter, optimizer, scheduler, teacher, RNG and data position (see checkpoint.py
+        for how a crash at any moment, or a full disk, leaves a complete checkpoint)."""
+        if self.run is None:
+            raise ValueError("this Trainer has no run directory (out_dir) to save a checkpoint in")
 
-    def _open_run_dir(self, resume: bool) -> None:
-        out = self.out_dir
-        checkpoint = out / "checkpoint"
-        if resume:
-            if not (checkpoint / "trainer_state.json").is_file():
-                raise FileNotFoundError(f"{out}: no checkpoint to resume from (expected {checkpoint})")
-            self._load_checkpoint(checkpoint)
-            return
-        if (out / "metrics.jsonl").exists() or checkpoint.exists():
-            raise FileExistsError(
-                f"{out} already holds a run; pass --resume to continue it, or choose another --out "
-                "(nothing was overwritten)")
-        out.mkdir(parents=True, exist_ok=True)
-        self.config.save(out / "config.yaml")
+        def write(folder: Path) -> None:
+            self.model.save_pretrained(folder / "adapter")
+            torch.save({
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "teacher": self.teacher.state_dict(),
+                "rng": torch.get_rng_state(),
+            }, folder / "state.pt")
+            (folder / "trainer_state.json").write_text(json.dumps(
+                {"step": self.step, "examples_seen": self.examples_seen, "elapsed_s": self.elapsed}))
+
+        path = self.run.save(CHECKPOINT, write, self.step)
+        self.saved_step = self.step
+        return path
+
+    def _checkpoint_if_behind(self) -> None:
+        if self.run is not None and self.saved_step != self.step:
+            self.save_checkpoint()
 
     def _load_checkpoint(self, checkpoint: Path) -> None:
         from peft import set_peft_model_state_dict
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(self.model, load_file(checkpoint / "adapter" / "adapter_model.safetensors"))
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        try:
+            weights = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
+            state = torch.load(checkpoint / "state.pt", weights_only=False)
+            progress = json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{checkpoint} cannot be read ({reason}): it is damaged; start a new run in another "
+                             "--out") from None
+        set_peft_model_state_dict(self.model, weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.teacher.load_state_dict(state.get("teacher", state.get("ema")) or {})  # "ema": older checkpoints
         torch.set_rng_state(state["rng"])
-        progress = json.loads((checkpoint / "trainer_state.json").read_text())
         self.step, self.examples_seen, self.elapsed = progress["step"], progress["examples_seen"], progress["elapsed_s"]
-        # Steps logged after the checkpoint are redone: keep the log consistent with the state.
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.exists():
-            kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
+        self.saved_step = self.step

@@ -11,6 +11,7 @@ Adding an objective: a function here with that signature, and its name in config
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -133,9 +134,12 @@ def make_optimizer(model, config: TrainConfig) -> tuple[torch.optim.Optimizer, t
 
 
 def optimizer_step(model, optimizer, scheduler, max_grad_norm: float = 1.0) -> float:
-    """Clip, step, schedule, zero; returns the gradient norm before clipping."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(list(lora_parameters(model).values()), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
+    """Clip, step, schedule, zero; returns the gradient norm before clipping.
+
+    A non-finite norm (inf or NaN gradients) skips the step: the gradients are dropped, nothing changes."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(lora_parameters(model).values()), max_grad_norm))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
+    return grad_norm

@@ -60,7 +60,7 @@ def test_too_long_prompts_are_errors_and_long_demonstrations_warnings(tokenizer)
     inspection = inspect_prompts(tokenizer, examples, Config().replace(max_new_tokens=16), context=256)
     errors = inspection.errors
     assert {record.source for record, _ in errors} == {"long.jsonl:1"}  # both of its prompts are over
-    assert "over the 256-token limit" in errors[0][1].message
+    assert "more than the model's context of 256 tokens" in errors[0][1].message
     assert [(r.source, f.kind) for r, f in inspection.warnings] == [("long.jsonl:2", "long demo")]
     assert inspection.summary().startswith("error: long.jsonl:1:")
     # a configured limit below the model's context counts too
@@ -78,9 +78,9 @@ def test_a_missing_chat_template_is_an_error(tokenizer, demo_examples):
 def test_train_stops_before_step_1_on_a_prompt_longer_than_the_context(lora_model, tmp_path):
     model, tokenizer = lora_model
     huge = [Example(({"role": "user", "content": "x" * 200_000},), "y", "big.jsonl:7")]
-    with pytest.raises(ValueError, match="big.jsonl:7: the student prompt has .* tokens"):
+    with pytest.raises(ValueError, match="big.jsonl:7: the student prompt is .* tokens"):
         Trainer(Config().replace(steps=1, batch_size=1), huge, tmp_path / "run", model=model, tokenizer=tokenizer)
-    assert not (tmp_path / "run").exists()  # nothing written
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step: the folder may be reused as it is
 
 
 def test_cli_inspect_prints_the_streams_and_fails_on_errors(tmp_path, capsys):

@@ -114,10 +114,11 @@ def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
     model, tokenizer = lora_model
     run = tmp_path / "run"
     run.mkdir()
+    Config().save(run / "config.yaml")  # a run of a version without run.json
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(Config().replace(steps=1, **TINY), demo_examples, run, model=model, tokenizer=tokenizer)
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(Config().replace(steps=1, **TINY), demo_examples, tmp_path / "new", model=model,
                 tokenizer=tokenizer, resume=True)

@@ -1,0 +1,179 @@
+"""The run directory on disk: checks, lock, sealed checkpoints and their recovery, whole metrics lines."""
+
+import errno
+import json
+import os
+import warnings
+
+import pytest
+from safetensors import SafetensorError
+
+from sdft_kit import Config
+from sdft_kit.checkpoint import RunDir, complete_step, disk_error, mark_run, newest_checkpoint, recover
+from sdft_kit.records import append_record, read_metrics
+
+DATA = {"sha256": "a" * 64, "examples": 3, "source": "demo.jsonl"}
+CONFIG = Config().replace(steps=5)
+
+
+def _write_checkpoint(run, name, step):
+    """A sealed checkpoint folder `name` of `step`, written the way RunDir.save writes them."""
+    opened = RunDir(run)
+    folder = opened.save("checkpoint", lambda f: (f / "state.pt").write_bytes(b"x" * (100 + step)), step)
+    if name != "checkpoint":
+        folder.rename(run / name)
+    return run / name
+
+
+def _folders(run):
+    return sorted(p.name for p in run.iterdir() if p.name != ".lock")
+
+
+def test_recover_takes_the_newest_complete_checkpoint_and_puts_it_in_place(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert newest_checkpoint(run) is None and recover(run) is None
+    # Killed between the two renames: checkpoint.old (step 1) and checkpoint.tmp (step 2), no checkpoint/.
+    _write_checkpoint(run, "checkpoint.old", 1)
+    _write_checkpoint(run, "checkpoint.tmp", 2)
+    assert newest_checkpoint(run) == (2, run / "checkpoint.tmp")
+    assert recover(run) == run / "checkpoint"
+    assert _folders(run) == ["checkpoint"] and complete_step(run / "checkpoint") == 2
+    # An unsealed (half-written) .tmp is not taken; a truncated file makes a checkpoint incomplete.
+    (run / "checkpoint.tmp").mkdir()
+    (run / "checkpoint.tmp" / "state.pt").write_bytes(b"partial")
+    assert recover(run) == run / "checkpoint" and complete_step(run / "checkpoint") == 2
+    (run / "checkpoint").rename(run / "checkpoint.old")
+    (run / "checkpoint.tmp").rename(run / "checkpoint")  # checkpoint/ exists but is not complete
+    assert complete_step(run / "checkpoint") is None
+    assert recover(run) == run / "checkpoint" and complete_step(run / "checkpoint") == 2  # .old moved back
+    (run / "checkpoint" / "state.pt").write_bytes(b"cut")
+    assert complete_step(run / "checkpoint") is None  # sizes are sealed: truncation is seen
+
+
+def test_checkpoints_of_earlier_versions_are_still_found(tmp_path):
+    legacy = tmp_path / "run" / "checkpoint"
+    legacy.mkdir(parents=True)
+    (legacy / "trainer_state.json").write_text('{"step": 7, "examples_seen": 28, "elapsed_s": 1.0}')
+    assert newest_checkpoint(tmp_path / "run") == (7, legacy)
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                                                     'StorageFull, message: "No space left on device" })')])
+def test_a_failed_save_leaves_no_partial_folder_and_keeps_the_previous_one(tmp_path, failure):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_checkpoint(run, "checkpoint", 1)
+
+    def write(folder):
+        (folder / "state.pt").write_bytes(b"half")
+        raise failure
+
+    with pytest.raises(OSError) as error:
+        RunDir(run).save("checkpoint", write, 2)
+    message = str(error.value)
+    assert message.startswith(f"could not write {run / 'checkpoint.tmp'}: no space left on the device (")
+    assert " free on that disk)" in message and "--resume" in message and "\n" not in message
+    assert _folders(run) == ["checkpoint"] and complete_step(run / "checkpoint") == 1
+
+
+def test_disk_error_names_the_path_reason_and_free_space(tmp_path):
+    message = str(disk_error(tmp_path / "run" / "metrics.jsonl", OSError(errno.EIO, "Input/output error")))
+    assert message.startswith(f"could not write {tmp_path / 'run' / 'metrics.jsonl'}: Input/output error (")
+    assert "B free on that disk" in message or "bytes free on that disk" in message
+
+
+def test_metrics_lines_are_written_whole_even_when_the_disk_fills_mid_line(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    append_record(path, {"step": 1})
+    real_write = os.write
+
+    def full_disk(fd, data):  # writes part of the line, then the disk is full
+        if len(data) > 20:
+            return real_write(fd, data[:20])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("sdft_kit.records.os.write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        append_record(path, {"step": 2, "sample": "x" * 100})
+    assert path.read_text() == '{"step": 1}\n'  # cut back: no torn line
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning_and_a_damaged_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty file reads without a warning
+        assert read_metrics(path) == ([], [])
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "sam')
+    with pytest.warns(UserWarning, match=r"dropped a torn last line \(line 3"):
+        records, ends = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2] and ends == [12, 24]
+    path.write_text('{"step": 1}\n{"step": 2, "sam\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a whole JSON record"):
+        read_metrics(path)
+
+
+def test_a_new_run_refuses_a_folder_that_is_not_a_run_and_writes_nothing(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: own settings\n")
+    with pytest.raises(FileExistsError, match=r"is not empty and is not an sdft-kit run \(it holds config.yaml\)"):
+        RunDir.open(mine, CONFIG, DATA, resume=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"]
+    assert (mine / "config.yaml").read_text() == "my: own settings\n"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        RunDir.open(tmp_path / "file", CONFIG, DATA, resume=False)
+
+
+def test_a_run_with_no_completed_step_can_start_over_one_with_steps_cannot(tmp_path):
+    run = tmp_path / "run"
+    first = RunDir.open(run, CONFIG, DATA, resume=False)
+    first.release()  # killed before its first step: config.yaml and run.json, nothing else
+    again = RunDir.open(run, CONFIG.replace(steps=9), DATA, resume=False)  # no dead end: nothing to lose
+    assert Config.load(run / "config.yaml").train.steps == 9
+    again.append_record({"step": 1})
+    again.release()
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        RunDir.open(run, CONFIG, DATA, resume=False)
+    resumed = RunDir.open(run, CONFIG.replace(steps=9), DATA, resume=True)  # no checkpoint: from step 0
+    assert resumed.checkpoint is None
+    resumed.trim_metrics(0)
+    assert (run / "metrics.jsonl").read_bytes() == b""
+    resumed.release()
+    prepared = mark_run(tmp_path / "app-run")  # the app prepares its folders so, with its data file in it
+    (prepared / "data.jsonl").write_text("{}\n")
+    RunDir.open(prepared, CONFIG, DATA, resume=False).release()
+
+
+def test_the_lock_keeps_out_a_second_trainer_until_the_first_lets_go(tmp_path):
+    run = tmp_path / "run"
+    first = RunDir.open(run, CONFIG, DATA, resume=False)
+    with pytest.raises(RuntimeError, match="is in use: another Trainer of this process"):
+        RunDir.open(run, CONFIG, DATA, resume=True)
+    first.release()
+    RunDir.open(run, CONFIG, DATA, resume=True).release()
+
+
+def test_resume_refuses_what_cannot_apply_and_records_what_can(tmp_path):
+    run = tmp_path / "run"
+    RunDir.open(run, CONFIG, DATA, resume=False).release()
+    with pytest.raises(ValueError) as error:
+        RunDir.open(run, CONFIG.replace(lora_r=8, learning_rate=1.0, steps=7), DATA, resume=True)
+    assert "cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.0005 -> 1.0, --learning-rate)" in str(error.value)
+    with pytest.raises(ValueError, match=r"the data differs from what this run was trained on \(3 examples from "
+                                         r"demo.jsonl\)"):
+        RunDir.open(run, CONFIG, {**DATA, "sha256": "b" * 64}, resume=True)
+    assert Config.load(run / "config.yaml").train.steps == 5  # nothing recorded from refused attempts
+    RunDir.open(run, CONFIG.replace(steps=7, threads=1), DATA, resume=True).release()
+    saved = Config.load(run / "config.yaml")
+    assert saved.train.steps == 7 and saved.train.threads == 1
+    assert json.loads((run / "run.json").read_text())["data"] == DATA
+
+
+def test_resume_needs_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        RunDir.open(tmp_path / "nothing", CONFIG, DATA, resume=True)
+    assert not (tmp_path / "nothing").exists()
