@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import os
 import signal
 import sys
@@ -79,11 +80,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
     trainer = Trainer(config, examples, out, resume=args.resume)  # checks and locks --out before the model loads
+    try:
+        # Launched as several processes (accelerate launch): process 0 alone reports.
+        with contextlib.nullcontext() if trainer.processes.main else contextlib.redirect_stdout(io.StringIO()):
+            return _train(trainer, args, config, out)
+    finally:
+        trainer.close()
+
+
+def _train(trainer, args: argparse.Namespace, config: Config, out: Path) -> int:
     if args.resume:
         print(f"resuming at step {trainer.step}" + ("" if trainer.step else " (no checkpoint yet: from the start)"))
     if trainer.inspection.warnings:
         print(trainer.inspection.summary() + "\n(see them with sdft-kit inspect)", file=sys.stderr, flush=True)
-    if config.train.method == "sdft" and not args.resume and not args.skip_check:
+    if config.train.method == "sdft" and not args.resume and not args.skip_check and trainer.processes.main:
         from .check import quick_check
 
         # A few seconds' look at whether the model can teach itself on this data.

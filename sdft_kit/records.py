@@ -50,7 +50,9 @@ class StepRecord(TypedDict, total=False):
     lr: float
     grad_norm: float  # before clipping
     is_weight: float | None  # mean importance weight of the loss tokens, for engines sampling from other weights
-    tokens: int  # completion tokens in the step
+    tokens: int  # completion tokens in the step (over every process)
+    processes: int  # training processes (accelerate launch); 1 in a plain run
+    global_batch: int  # records per optimizer step over every process: batch_size * grad_accum * processes
     seconds: StepSeconds
     elapsed_s: float  # training time of the run so far
     peak_mem_mb: float  # peak RSS on CPU, max allocated on CUDA

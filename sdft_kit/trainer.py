@@ -22,19 +22,21 @@ import random
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .batch import Completions, demonstration_batch
-from .checkpoint import ADAPTER, CHECKPOINT, RunDir
+from .checkpoint import ADAPTER, CHECKPOINT, RunDir, newest_checkpoint
 from .config import Config
 from .data import DataError, Example, fingerprint
 from .demos import DemoSelector, student_prompt, teacher_prompt
+from .distributed import launched_processes, process_device
 from .losses import chunk_shares
 from .inspector import inspect_prompts
-from .models import add_lora, context_length, load_model, peak_rss_mb, release_freed_memory, set_threads
+from .models import (add_lora, context_length, load_model, lora_parameters, peak_rss_mb, release_freed_memory,
+                     set_threads)
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
 from .rollout import make_engine
 from .teachers import make_teacher
@@ -58,6 +60,7 @@ class MicroBatch:
     is_weight_sum: float  # importance weights over the loss tokens, for engines sampling from other weights
     is_weight_count: int
     sample: SampleRecord
+    sequences: int  # sequences with a token in the loss: the micro-batch's weight among processes
 
 
 class NonFiniteSteps(RuntimeError):
@@ -76,8 +79,15 @@ class Trainer:
         if not examples:
             raise ValueError("no training examples")
         self.config, self.examples = config, examples
-        self.run = RunDir.open(out_dir, config, fingerprint(examples), resume=resume) if out_dir is not None else None
-        self.out_dir = self.run.path if self.run is not None else None
+        # Several processes (accelerate launch): each trains on its shard; process 0 alone writes the run.
+        self.processes = launched_processes()
+        if self.processes.world > 1 and config.train.method == "sdft" and config.rollout.engine != "hf":
+            raise ValueError(f"rollout.engine '{config.rollout.engine}' runs in a single process for now; use "
+                             "--engine hf with several processes")
+        writes = out_dir is not None and self.processes.main
+        self.run = RunDir.open(out_dir, config, fingerprint(examples), resume=resume) if writes else None
+        self.processes.wait()  # process 0 has checked, locked and (on resume) recovered the run directory
+        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.stop_requested = False
         try:
             self._build(model, tokenizer, resume)
@@ -90,8 +100,9 @@ class Trainer:
         set_threads(train.threads)
         torch.manual_seed(train.seed)
         if model is None:
-            base, tokenizer = load_model(config.model.model, config.model)
-            model = add_lora(base, config.model, seed=train.seed)
+            model_config = replace(config.model, device=process_device(config.model.device, self.processes))
+            base, tokenizer = load_model(config.model.model, model_config)
+            model = add_lora(base, config.model, seed=train.seed)  # the same seed: the same LoRA in every process
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         if train.release_memory and self.device.type == "cpu":
@@ -112,6 +123,8 @@ class Trainer:
             if self.run.checkpoint is not None:
                 self._load_checkpoint(self.run.checkpoint)
             self.run.trim_metrics(self.step)  # steps logged after the checkpoint are redone
+        elif resume and self.out_dir is not None and (newest := newest_checkpoint(self.out_dir)) is not None:
+            self._load_checkpoint(newest[1])  # another process than 0: the checkpoint process 0 found
 
     # -- data order: a seeded permutation per epoch, so resuming needs only a count --
     def _next_indices(self, count: int) -> list[int]:
@@ -151,14 +164,16 @@ class Trainer:
         share of the batch (`chunk_shares`), which gives the whole batch's loss and gradients.
         """
         cfg = self.config
-        indices = self._next_indices(cfg.train.batch_size)
+        # The global batch's next indices, of which this process takes its contiguous share.
+        indices = self.processes.shard(self._next_indices(cfg.train.batch_size * self.processes.world))
         start = time.perf_counter()
         batch = self.make_batch(indices)
         if self.engine is not None:
             seconds["rollout"] += time.perf_counter() - start
         loss = divergence_sum = is_weight_sum = 0.0
         is_weight_count, sample = 0, None
-        for rows, share in chunk_shares(loss_mask(batch, cfg.train.method, cfg.loss), cfg.train.chunk_size):
+        mask = loss_mask(batch, cfg.train.method, cfg.loss)
+        for rows, share in chunk_shares(mask, cfg.train.chunk_size):
             part = batch.select(rows)
             out = self.objective(self.model, self.teacher, part, cfg)
             start = time.perf_counter()
@@ -172,7 +187,8 @@ class Trainer:
                 is_weight_count += int(out.student.mask.sum())
             if sample is None:
                 sample = sample_record(self.tokenizer, self.examples[indices[0]], part, out.student, out.teacher)
-        return MicroBatch(loss, divergence_sum, batch.num_tokens, is_weight_sum, is_weight_count, sample)
+        return MicroBatch(loss, divergence_sum, batch.num_tokens, is_weight_sum, is_weight_count, sample,
+                          sequences=int((mask.sum(-1) > 0).sum()))
 
     def train_step(self) -> StepRecord:
         """One optimizer step (grad_accum micro-batches); returns its record.
@@ -202,6 +218,14 @@ class Trainer:
         self.model.train()
         parts = [self._micro_batch(seconds) for _ in range(cfg.train.grad_accum)]
         loss = sum(p.loss for p in parts) / len(parts)
+        sums = [sum(p.divergence_sum for p in parts), sum(p.tokens for p in parts),
+                sum(p.is_weight_sum for p in parts), sum(p.is_weight_count for p in parts)]
+        if self.processes.world > 1:  # the whole global batch's step, identical in every process
+            counted = sum(p.sequences for p in parts)
+            total, weighted, *sums = self.processes.sum([counted, counted * loss, *sums])
+            self.processes.combine_gradients(list(lora_parameters(self.model).values()), counted, total)
+            loss = weighted / max(total, 1)
+        divergence_sum, tokens, is_weight_sum, is_weight_count = sums
         lr = self.scheduler.get_last_lr()[0]
         opt_start = time.perf_counter()
         grad_norm = (optimizer_step(self.model, self.optimizer, self.scheduler, cfg.train.max_grad_norm)
@@ -217,18 +241,18 @@ class Trainer:
         self.step += 1
         total = time.perf_counter() - start
         self.elapsed += total
-        tokens = sum(p.tokens for p in parts)
-        weights = sum(p.is_weight_count for p in parts)
         return {
             "step": self.step,
             "steps": cfg.train.steps,
             "method": cfg.train.method,
             "loss": loss,
-            "mean_kl": sum(p.divergence_sum for p in parts) / max(tokens, 1) if cfg.train.method == "sdft" else None,
+            "mean_kl": divergence_sum / max(tokens, 1) if cfg.train.method == "sdft" else None,
             "lr": lr,
             "grad_norm": grad_norm,
-            "is_weight": sum(p.is_weight_sum for p in parts) / weights if weights else None,
-            "tokens": tokens,
+            "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
+            "tokens": int(tokens),
+            "processes": self.processes.world,
+            "global_batch": cfg.train.batch_size * cfg.train.grad_accum * self.processes.world,
             "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
             "elapsed_s": round(self.elapsed, 3),
             "peak_mem_mb": round(peak_memory_mb(self.device), 1),
@@ -246,7 +270,7 @@ class Trainer:
         if self.run is not None:
             self.run.acquire()
         try:
-            while self.step < train.steps and not self.stop_requested:
+            while self.step < train.steps and not self.processes.any(self.stop_requested):  # all stop together
                 try:
                     record = self.train_step()
                 except NonFiniteSteps:
@@ -269,9 +293,10 @@ class Trainer:
         self.stop_requested = True
 
     def close(self) -> None:
-        """Unlock the run directory (steps() does so when it ends)."""
+        """Unlock the run directory (steps() does so when it ends); leave the process group, if any."""
         if self.run is not None:
             self.run.release()
+        self.processes.close()
 
     def train(self, progress: bool = True) -> list[StepRecord]:
         """Run all steps with a progress bar; returns the records."""
