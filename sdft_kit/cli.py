@@ -33,14 +33,34 @@ def build_config(args: argparse.Namespace, defaults: dict | None = None) -> Conf
     return config.replace(**overrides)
 
 
-def _print_step(record: dict) -> None:
+def _step_line(record: dict) -> str:
     kl = "" if record["mean_kl"] is None else f"  mean KL {record['mean_kl']:.4f}"
     s = record["seconds"]
-    print(f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
-          f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB", flush=True)
+    return (f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
+            f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB")
+
+
+def _print_step(record: dict) -> None:
+    print(_step_line(record), flush=True)
+
+
+def _train_with_bar(trainer, tracker) -> None:
+    """Train, printing one line per step on stdout (for people and scripts) under a tqdm bar with
+    elapsed < remaining on stderr, and logging each record to the tracker."""
+    from tqdm.auto import tqdm
+
+    steps = trainer.config.train.steps
+    with tqdm(total=steps, initial=trainer.step, desc=trainer.config.train.method.upper(), unit="step",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for record in tracker.track(trainer.steps()):
+            bar.write(_step_line(record), file=sys.stdout)  # above the bar; stdout keeps one line per step
+            sys.stdout.flush()
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update(1)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .tracking import open_tracker, require_tracker
     from .trainer import Trainer
 
     out = Path(args.out)
@@ -54,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = build_config(args)
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
+    require_tracker(config.train.report_to)  # a missing tracker package fails here too, before the model loads
     trainer = Trainer(config, examples, out, resume=args.resume)
     if config.train.method == "sdft" and not args.resume and not args.skip_check:
         from .check import quick_check
@@ -61,8 +82,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         # A few seconds' look at whether the model can teach itself on this data.
         check = quick_check(trainer)
         print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
-    for record in trainer.steps():
-        _print_step(record)
+    with open_tracker(config, out, resume=args.resume) as tracker:
+        _train_with_bar(trainer, tracker)
     print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
 
 

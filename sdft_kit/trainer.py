@@ -191,8 +191,8 @@ class Trainer:
         if self.out_dir is not None:
             self.save_adapter(self.out_dir / "adapter")
 
-    def train(self, progress: bool = True) -> list[StepRecord]:
-        """Run all steps with a progress bar; returns the records."""
+    def train(self, progress: bool = True, on_record=None) -> list[StepRecord]:
+        """Run all steps with a progress bar; returns the records (each also given to `on_record`, e.g. a tracker's log)."""
         from tqdm.auto import tqdm
 
         records = []
@@ -200,6 +200,8 @@ class Trainer:
                    disable=not progress)
         for record in self.steps():
             records.append(record)
+            if on_record is not None:
+                on_record(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
         bar.close()
