@@ -1,4 +1,4 @@
-"""`sdft-kit` command line: train, demo, generate, check-teacher, compare, continual.
+"""`sdft-kit` command line: train, demo, generate, check-teacher, compare, continual, export, push.
 
 Every config field is a flag of `train` (`--lora-r 8`, `--teacher base`); a flag
 overrides the YAML given with --config, which overrides the defaults.
@@ -60,6 +60,7 @@ def _train_with_bar(trainer, tracker) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .export import name_real_base, write_model_card
     from .tracking import open_tracker, require_tracker
     from .trainer import Trainer
 
@@ -84,7 +85,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
     with open_tracker(config, out, resume=args.resume) as tracker:
         _train_with_bar(trainer, tracker)
-    print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
+    name_real_base(out / "adapter" / "adapter_config.json")
+    card = write_model_card(out, examples=len(examples))
+    print(f"adapter saved to {out / 'adapter'} (model card: {card.name}); step records in {out / 'metrics.jsonl'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -190,6 +193,25 @@ def cmd_continual(args: argparse.Namespace) -> None:
     print(f"reports written to {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """A run's adapter (with its model card) as a folder to share, or base + adapter merged in 16-bit."""
+    from .export import export_adapter, export_merged
+
+    if args.merged:
+        print(f"merging {args.run} into its base in {args.dtype}...", flush=True)
+        out = export_merged(args.run, args.out, args.dtype)
+    else:
+        out = export_adapter(args.run, args.out)
+    print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    """Upload an adapter (or merged) folder to the Hugging Face Hub."""
+    from .export import push
+
+    print(f"pushed {args.adapter} to {push(args.adapter, args.repo, private=args.private)}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +274,19 @@ def make_parser() -> argparse.ArgumentParser:
         exp.add_argument("--quiet", action="store_true", help="no progress bars")
         _add_config_flags(exp)
         exp.set_defaults(func=func)
+    export = sub.add_parser("export", help="a run's adapter with its model card, or the merged model in 16-bit")
+    export.add_argument("--run", required=True, help="run directory (holds config.yaml and adapter/)")
+    export.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    export.add_argument("--merged", action="store_true", help="merge the adapter into its base (safetensors)")
+    export.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                        help="weights of the merged model (a 4-bit run is merged into a 16-bit copy of its base)")
+    export.set_defaults(func=cmd_export)
+
+    push = sub.add_parser("push", help="upload an adapter (or export) folder to the Hugging Face Hub")
+    push.add_argument("--adapter", required=True, help="folder: a run's adapter/ or an `sdft-kit export` folder")
+    push.add_argument("--repo", required=True, help="model repo id, e.g. your-name/my-sdft-adapter (created if new)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.set_defaults(func=cmd_push)
     return parser
 
 
