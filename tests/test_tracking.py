@@ -146,3 +146,24 @@ def test_cli_train_shows_a_bar_and_logs_to_tensorboard(tmp_path):
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in records], rel=1e-6)
     assert [e.value for e in events.Scalars("mean_kl")] == pytest.approx([r["mean_kl"] for r in records], rel=1e-6)
     assert [e.step for e in events.Scalars("tokens")] == [1, 2]
+
+
+def test_cli_compare_shows_bars_and_logs_each_training_run(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "cmp"
+    result = subprocess.run([sys.executable, "-m", "sdft_kit.cli", "compare", "--task", "knowledge", "--out", str(out),
+                             "--steps", "1", "--batch-size", "1", "--max-new-tokens", "4", "--eval-limit", "1",
+                             "--eval-max-new-tokens", "4", "--threads", "1", "--report-to", "tensorboard"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    # a bar per training run and per evaluation (base: new task and probe; then each method's two)
+    for bar in ("SFT: 100%", "SDFT: 100%"):
+        assert bar in result.stderr
+    assert result.stderr.count("evaluate:   0%") == 6 and "evaluate: 100%" in result.stderr
+    for method in ("sft", "sdft"):
+        events = EventAccumulator(str(out / f"{method}-seed0" / "tensorboard"))
+        events.Reload()
+        record = json.loads((out / f"{method}-seed0" / "metrics.jsonl").read_text())
+        assert [e.value for e in events.Scalars("loss")] == pytest.approx([record["loss"]], rel=1e-6)
