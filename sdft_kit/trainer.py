@@ -298,8 +298,8 @@ class Trainer:
             self.run.release()
         self.processes.close()
 
-    def train(self, progress: bool = True) -> list[StepRecord]:
-        """Run all steps with a progress bar; returns the records."""
+    def train(self, progress: bool = True, on_record=None) -> list[StepRecord]:
+        """Run all steps with a progress bar; returns the records (each also given to `on_record`, e.g. a tracker's log)."""
         from tqdm.auto import tqdm
 
         records = []
@@ -307,6 +307,8 @@ class Trainer:
                    disable=not progress)
         for record in self.steps():
             records.append(record)
+            if on_record is not None:
+                on_record(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
         bar.close()
@@ -314,9 +316,16 @@ class Trainer:
 
     # -- saving and resuming --
     def save_adapter(self, path: str | Path) -> Path:
+        """The adapter in PEFT format, naming its real base (the embedded model's Hub id, not a cache path),
+        with a model card written from the run when there is a run directory."""
+        from .export import name_real_base, write_model_card
+
         path = Path(path)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        name_real_base(path / "adapter_config.json")
+        if self.out_dir is not None:
+            write_model_card(self.out_dir, path, examples=len(self.examples))
         return path
 
     def save_checkpoint(self) -> Path:

@@ -1,9 +1,18 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # Tests never reach a model hub: the embedded model is converted once into this cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# report_to 'auto' logs to trackio when it is installed: into a temporary folder, never a Space or server.
+if "TRACKIO_DIR" not in os.environ:
+    os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="sdft-kit-tests-trackio-")
+    atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], True)
+for remote in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):
+    os.environ.pop(remote, None)
 
 
 @pytest.fixture

@@ -70,3 +70,25 @@ def test_every_command_prints_its_help(command, capsys):
     assert "usage:" in out
     if command == "train":  # every config field is a flag, new ones included
         assert "--engine" in out and "--release-memory" in out and "--is-cap" in out
+
+
+def test_help_and_argument_errors_come_back_without_loading_torch():
+    """`sdft-kit --help` and a bad flag answer at once: nothing heavy is imported until a command runs."""
+    code = ("import sys\nfrom sdft_kit.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['train', '--data', 'x.jsonl']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exit:\n        print('exit', exit.code)\n"
+            "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft', 'trackio', 'gradio') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "usage: sdft-kit" in result.stdout and "--report-to" in result.stdout
+    assert result.stdout.count("exit 0") == 2 and "exit 2" in result.stdout  # --out is missing
+    assert "heavy: []" in result.stdout
+
+
+def test_the_package_still_exports_every_name_lazily():
+    import sdft_kit
+
+    for name in sdft_kit.__all__:
+        assert getattr(sdft_kit, name) is not None, name
+    from sdft_kit import Config, Trainer, load_model  # noqa: F401
+    with pytest.raises(AttributeError):
+        sdft_kit.no_such_name

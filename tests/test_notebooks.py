@@ -29,6 +29,19 @@ SMALL = {
     "06_scale_up_on_a_gpu": ({"CPU_STEPS": 2, "CPU_MAX_NEW_TOKENS": 8}, "adapter saved in"),
 }
 
+# Lines the exercises print, checked against what their collapsed answers say.
+EXERCISE_OUTPUTS = {
+    "01_sdft_in_five_steps": ["KL without it (teacher prompt = student prompt): 0.0000",
+                              "largest change in the teacher's log-probs after the update: 0.00e+00",
+                              "teacher (with demonstration)"],  # the before/after table, every column
+    "02_train_on_your_demos": ["(skip_first = 3)", "trained parameters: 4.9 M of 139 M (3.5%)"],
+    "03_sdft_vs_sft_forgetting": ["base model on the previous-skills probe: 100%"],
+    "04_knowledge_injection": ["base model: 0% of 3 knowledge questions"],
+    "05_continual_learning": ["same base row for SFT and SDFT: True", "previous-skills probe, base row: 100%"],
+    "06_scale_up_on_a_gpu": ["4.9 M of 0.14 B parameters are trained (3.50%)",
+                             "the EMA teacher's own tensors: 18.6 MB"],
+}
+
 
 def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
@@ -70,6 +83,18 @@ def test_notebook_is_clean_and_colab_ready(path):
     assert set(SMALL[path.stem][0]) | {"THREADS"} <= defined
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_states_objectives_and_has_predict_then_run_exercises(path):
+    cells = read(path).cells
+    first_markdown = [i for i, c in enumerate(cells) if c.cell_type == "markdown"][:2]
+    assert any("Learning objectives" in cells[i].source for i in first_markdown), "objectives at the top"
+    questions = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and "Predict, then run" in c.source]
+    assert 2 <= len(questions) <= 3
+    for i in questions:  # each answer is collapsed, below the question (and the cell that checks it, if any)
+        answer = next(c for c in cells[i + 1:] if c.cell_type == "markdown")
+        assert answer.source.startswith("<details><summary>Answer</summary>") and answer.source.endswith("</details>")
+
+
 def test_readme_has_a_colab_badge_per_notebook():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
@@ -87,6 +112,10 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     executed = read(out)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert expected in all_text(executed)
+    for line in EXERCISE_OUTPUTS[path.stem]:
+        assert line in all_text(executed), line
+    # no frozen "Loading weights" bar (a widget: its text/plain is in all_text) and no peft FutureWarning
+    assert "Loading weights" not in all_text(executed) and "is_gradient_checkpointing" not in all_text(executed)
     # Runs land in the working directory (here tmp_path), never in the repo, and their losses are finite.
     runs = list(tmp_path.glob("runs/**/metrics.jsonl"))
     assert bool(runs) == (path.stem != "01_sdft_in_five_steps")  # 01 trains by hand, without a Trainer
