@@ -279,7 +279,7 @@ class TrainingWorker:
                 from .check import quick_check
 
                 self.phase = "checking the teacher on 8 records"
-                check = quick_check(trainer)
+                check = quick_check(trainer, progress=False)  # the page shows the phase instead
                 self.teacher_check, self.advice = check.summary(), check.settings  # shown under the status line
             self._records = load_records(run_dir)  # resume trims steps logged after the checkpoint
             self.state, self._last_step_at = "training", time.time()
