@@ -265,7 +265,8 @@ def data_tab(page: Page) -> SimpleNamespace:
     def on_edit(examples, number, prompt, demonstration, model_name, remove_it=False):
         number = int(number or 0)
         try:
-            edited = app_data.edit_example(examples, number, prompt, demonstration, remove=remove_it)
+            edited = app_data.edit_example(examples, number, prompt, demonstration, remove=remove_it,
+                                           max_record_chars=page.limits.max_record_chars)
         except ValueError as err:
             return (examples, _error(str(err)), *[gr.skip()] * 5)
         where = number or len(edited)  # the record fixed or removed, or the one added
@@ -360,14 +361,12 @@ def train_tab(page: Page) -> SimpleNamespace:
 
     def on_apply(worker):
         """The Advanced settings that act on the teacher check's advice, set in one click."""
-        advice = worker.advice
-        if not advice:
-            return ["No advice to apply (the teacher check has none)."] + [gr.skip()] * 4
-        template, custom = logic.template_setting(advice.get("template", "")) if "template" in advice \
-            else (gr.skip(), gr.skip())
-        done = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in advice.items())
-        return (f"Applied: {html.escape(done)}. Start a new run to train with them.", template, custom,
-                advice.get("demo_selection", gr.skip()), advice.get("skip_first", gr.skip()))
+        values = logic.advised_values(worker.advice)
+        if not values:
+            return ["No advice to apply (the teacher check has none)."] + [gr.skip()] * len(ADVISED)
+        done = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in worker.advice.items())
+        return (f"Applied: {html.escape(done)}. Start a new run to train with them.",
+                *[values.get(name, gr.skip()) for name in ADVISED])
 
     def token_views(record: dict, metric: str, at: int | None = None):
         """Strip and top-k detail of a record at token `at` (default: its most divergent token)."""
@@ -408,8 +407,7 @@ def train_tab(page: Page) -> SimpleNamespace:
     start.click(on_start, [page.worker, page.examples, *settings], [message, run], api_name="start")
     stop.click(on_stop, page.worker, message, api_name="stop")
     resume.click(on_resume, [page.worker, run, s["steps"]], message, api_name="resume")
-    apply_advice.click(on_apply, page.worker, [message, s["template"], s["custom_template"], s["demo_selection"],
-                                               s["skip_first"]], api_name="apply_advice")
+    apply_advice.click(on_apply, page.worker, [message, *[s[name] for name in ADVISED]], api_name="apply_advice")
     gr.Timer(1.0).tick(poll, [page.worker, seen, metric], [status, curves_plot, strip_plot, detail_plot, position,
                                                           metric, apply_advice, seen],
                        api_name="poll", show_progress="hidden")
@@ -420,6 +418,10 @@ def train_tab(page: Page) -> SimpleNamespace:
     clicked.change(on_click, [page.worker, metric, clicked], token_outputs, api_name="select_token",
                   show_progress="hidden")
     return SimpleNamespace(run=run, command=command)
+
+
+# The settings the teacher check's advice can change (see logic.advised_values), in the outputs' order.
+ADVISED = ("template", "custom_template", "demo_selection", "skip_first")
 
 
 def _metric_choices(metrics: list[str]) -> list[tuple[str, str]]:

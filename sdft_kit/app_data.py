@@ -45,13 +45,17 @@ def parse_upload(data: bytes, max_bytes: int = 20 * 2**20, max_record_chars: int
                         "(UTF-8 text, one example per line or row).")
     start = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     examples = _json_array(data) if start == b"[" else _file_examples(data, "jsonl" if start == b"{" else "csv")
-    if max_record_chars is not None:
-        for ex in examples:
-            size = sum(len(m["content"]) for m in ex.messages) + len(ex.demonstration)
-            if size > max_record_chars:
-                raise DataError(f"{UPLOAD_NAME}, {ex.source}: the record is {size:,} characters, over this server's "
-                                f"limit of {max_record_chars:,} per record. Shorten it (or train from the CLI).")
+    for ex in examples:
+        check_record_size(ex, max_record_chars, f"{UPLOAD_NAME}, {ex.source}")
     return examples
+
+
+def check_record_size(example: Example, max_chars: int | None, where: str) -> None:
+    """Refuse a record longer than `max_chars` (its messages + demonstration), naming `where`; None: no limit."""
+    size = sum(len(m["content"]) for m in example.messages) + len(example.demonstration)
+    if max_chars is not None and size > max_chars:
+        raise DataError(f"{where}: the record is {size:,} characters, over this server's limit of {max_chars:,} "
+                        "per record. Shorten it (or train from the CLI).")
 
 
 def _file_examples(data: bytes, kind: str) -> list[Example]:
@@ -131,10 +135,11 @@ def data_page(examples: list[Example], tokenizer, page: int, per_page: int = PAG
 
 
 def edit_example(examples: list[Example], number: int, prompt: str = "", demonstration: str = "",
-                 remove: bool = False) -> list[Example]:
+                 remove: bool = False, max_record_chars: int | None = None) -> list[Example]:
     """The examples with record `number` (from 1) replaced, removed, or, for number 0, a new one added.
 
-    A fixed record keeps its system and earlier messages; only the last user turn and the answer change."""
+    A fixed record keeps its system and earlier messages; only the last user turn and the answer change.
+    The edited record is held to `max_record_chars`, as an uploaded one is."""
     number = int(number or 0)
     if not 0 <= number <= len(examples):
         raise ValueError(f"record {number} does not exist: pick 1 to {len(examples)}, or 0 to add a new one")
@@ -145,10 +150,12 @@ def edit_example(examples: list[Example], number: int, prompt: str = "", demonst
     edited = example_from_record({"prompt": prompt, "demonstration": demonstration},
                                  f"record {number or len(examples) + 1}")
     if number == 0:
-        return [*examples, replace(edited, source=f"added {len(examples) + 1}")]
-    old = examples[number - 1]
-    messages = (*old.messages[:-1], {"role": "user", "content": prompt})
-    return [*examples[:number - 1], Example(messages, edited.demonstration, f"edited {number}"), *examples[number:]]
+        edited = replace(edited, source=f"added {len(examples) + 1}")
+    else:
+        messages = (*examples[number - 1].messages[:-1], {"role": "user", "content": prompt})
+        edited = Example(messages, edited.demonstration, f"edited {number}")
+    check_record_size(edited, max_record_chars, f"record {number or len(examples) + 1}")
+    return [*examples, edited] if number == 0 else [*examples[:number - 1], edited, *examples[number:]]
 
 
 _tokenizers: dict = {}

@@ -81,6 +81,15 @@ def template_setting(template: str) -> tuple[str, str]:
     return (name, "") if name else ("custom", template)
 
 
+def advised_values(advice: dict) -> dict:
+    """The Train tab's settings (make_config's names) that apply the teacher check's advice
+    (check.advised_settings): its template becomes the template choice and the custom text."""
+    values = {name: value for name, value in advice.items() if name != "template"}
+    if "template" in advice:
+        values["template"], values["custom_template"] = template_setting(advice["template"])
+    return values
+
+
 def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run") -> str:
     """`sdft-kit train` with a flag for every field that differs from the defaults."""
     defaults = Config().to_dict()

@@ -105,6 +105,9 @@ def test_data_statistics_pages_and_the_editor():
         app_data.edit_example(examples, 3, "Q?", " ")
     with pytest.raises(ValueError, match="record 30 does not exist"):
         app_data.edit_example(examples, 30, "Q?", "A.")
+    with pytest.raises(DataError, match="record 25: the record is 2,002 characters, over this server's limit of 2,000"):
+        app_data.edit_example(examples, 0, "Q" * 2000, "A.", max_record_chars=2000)  # the upload's bound holds
+    assert len(app_data.edit_example(examples, 0, "Q" * 1998, "A.", max_record_chars=2000)) == 25
 
 
 def test_settings_make_a_config_and_the_command_rebuilds_it():
@@ -121,6 +124,16 @@ def test_settings_make_a_config_and_the_command_rebuilds_it():
     assert logic.template_setting(Config().teacher.template) == ("paper", "")
     assert logic.template_setting(PLAIN_TEMPLATE) == ("plain", "")
     assert logic.template_setting("A {prompt} B {demonstration}") == ("custom", "A {prompt} B {demonstration}")
+    # the teacher check's advice, as the settings one click sets (check.advised_settings' fields)
+    advice = {"template": "plain", "skip_first": 14, "demo_selection": "retrieval"}
+    values = logic.advised_values(advice)
+    assert values == {"template": "plain", "custom_template": "", "skip_first": 14, "demo_selection": "retrieval"}
+    applied = logic.make_config(**values)
+    assert (applied.teacher.template, applied.loss.skip_first, applied.teacher.demo_selection) == (
+        "plain", 14, "retrieval")
+    assert logic.advised_values({"template": "Q {prompt} A {demonstration}"}) == {
+        "template": "custom", "custom_template": "Q {prompt} A {demonstration}"}
+    assert logic.advised_values({}) == {}
     with pytest.raises(ValueError, match="steps must be >= 1"):
         logic.make_config(steps=0)
     with pytest.raises(ValueError, match="divergence must be one of"):

@@ -112,6 +112,14 @@ def test_upload_train_chat_and_read_back_the_plots_over_http(app, tmp_path):
     assert [row[0] for row in table["data"]] == list(range(1, 11)) and pages == "of 3"
     table, _, _ = client.predict(3, api_name="/data_page")
     assert [row[0] for row in table["data"]] == [21, 22, 23, 24]
+    status, _, table, _, pages, _ = client.predict(0, "What is 9 plus 9?", "Answer: 18.", "embedded",
+                                                   api_name="/edit_record")  # the inline editor adds a record
+    assert "25 examples" in status and "Record 25 added" in status and pages == "of 3", status
+    assert table["data"][-1][:4] == [25, "added 25", "What is 9 plus 9?", "Answer: 18."]
+    refused = client.predict(0, "Q" * 2500, "A.", "embedded", api_name="/edit_record")[0]
+    assert "over this server's limit of 2,000" in refused  # the upload's record bound holds for the editor
+    status = client.predict(25, "embedded", api_name="/remove_record")[0]
+    assert "24 examples" in status and "Record 25 removed" in status, status
     assert command == ("sdft-kit train --data demos.jsonl --out runs/my-run --teacher base --max-new-tokens 8 "
                        "--steps 2 --batch-size 2 --threads 1")
     message, _ = client.predict(*TINY, api_name="/start")
@@ -132,6 +140,14 @@ def test_upload_train_chat_and_read_back_the_plots_over_http(app, tmp_path):
     assert json.loads(detail["plot"])["layout"]["title"]["text"].startswith("token #0:")
 
     run_name = next(runs.iterdir()).name
+    # One click applies the teacher check's advice to the Advanced settings (or says there is none)
+    advised = logic.advised_values(json.loads((runs / run_name / "teacher_check.json").read_text())["settings"])
+    message, *values = client.predict(api_name="/apply_advice")
+    if advised:
+        applied = dict(zip(("template", "custom_template", "demo_selection", "skip_first"), values))
+        assert message.startswith("Applied: ") and {k: applied[k] for k in advised} == advised, (message, values)
+    else:
+        assert message.startswith("No advice to apply"), message
     note, path = client.predict(run_name, api_name="/export_adapter")
     assert "adapter.zip" in note and Path(path).stat().st_size > 10_000
     note, _ = client.predict("../../etc", api_name="/export_adapter")
