@@ -1,38 +1,41 @@
-"""What the web app does, as plain functions and one worker class (no gradio here).
+"""What the web app does, as plain functions and one worker per browser session (no gradio here).
 
-    parse_upload(bytes)          uploaded JSONL/CSV bytes -> examples, or a DataError naming line and field
-    preview_rows(examples, ...)  the first examples exactly as the model sees them, with token counts
+    make_config(**settings)      the Config of the Train tab's settings, by name
     cli_command(config, ...)     the `sdft-kit train ...` command that runs the same training
-    TrainingWorker               runs Trainer.steps() in a background thread; stop, resume, status line
+    TrainingWorker               one session's runs: train in a background thread, stop, resume, status
     export_adapter_zip(...)      the run's adapter as a zip (and export_merged_zip: base + adapter merged)
-    compare_answers(...)         one prompt answered by the base model, the trained adapter and the teacher
+    compare_answers(...)         one prompt answered by the base model, the trained adapter and the teacher, timed
+    chat_answer(...)             the Chat tab's answer as it grows: base, a trained run, or the teacher
 
-`app.py` is the thin gradio front end over these; tests call them directly.
+`app.py` is the thin gradio front end over these; the Data tab's logic is in `app_data.py`, and
+what a shared server allows (logins, models, sizes) in `app_safety.py`. Tests call them directly.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from .app_data import save_examples
 from .checkpoint import mark_run
-from .config import Config, fields_by_section, flag
-from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, load_examples
-from .demos import DemoSelector, student_prompt, teacher_prompt
+from .config import TEMPLATES, Config, fields_by_section, flag
+from .data import DataError, Example, load_examples
+from .demos import student_prompt, teacher_messages, teacher_prompt
 from .records import StepRecord, load_records
 
-SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (same, as CSV)": SAMPLES_DIR / "demo.csv"}
-UPLOAD_NAME = "uploaded file"
 # Divergence choices shown in the app, as the loss's alpha (see LossConfig).
 DIVERGENCES = {"forward KL (paper)": 0.0, "JSD (alpha 0.5)": 0.5, "reverse KL": 1.0}
+TEMPLATE_CHOICES = (*TEMPLATES, "custom")
 
-# One training at a time in this process, whichever worker or browser session asks.
+# One training at a time in this process, whichever session asks: the limit on concurrent trainings.
 _ONE_TRAINING = threading.Lock()
 
 
@@ -40,97 +43,52 @@ class BusyError(RuntimeError):
     """A training run is already going on."""
 
 
-# -- data ------------------------------------------------------------------------------------
-def parse_upload(data: bytes, max_bytes: int = 20 * 2**20) -> list[Example]:
-    """Examples from the bytes of an uploaded JSONL or CSV file; raises DataError with the line and field.
-
-    The bytes are only parsed: the uploader's file name is never used (not as a path, not
-    even for the type). JSONL is recognised by a first character '{', anything else is read as CSV.
-    """
-    if len(data) > max_bytes:
-        raise DataError(f"{UPLOAD_NAME}: {_size(len(data))} is over the {_size(max_bytes)} limit. "
-                        "Upload a smaller file (or train from the CLI).")
-    if not data.strip():
-        raise DataError(f"{UPLOAD_NAME}: the file is empty. Upload a JSONL or CSV file of prompt/demonstration records.")
-    if b"\x00" in data[:8192]:
-        raise DataError(f"{UPLOAD_NAME}: this looks like a binary file, not text. Upload a JSONL or CSV file "
-                        "(UTF-8 text, one example per line or row).")
-    kind = "jsonl" if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
-    with tempfile.TemporaryDirectory(prefix="sdft-kit-upload-") as folder:
-        path = Path(folder) / f"upload.{kind}"  # our own name: load_examples picks the parser by suffix
-        path.write_bytes(data)
-        try:
-            examples = load_examples(path)
-        except DataError as error:  # name the upload, not our temporary file
-            message = str(error).replace(str(path), f"{UPLOAD_NAME} ({kind.upper()})")
-            raise DataError(message) from None
-    return [replace(ex, source="line " + ex.source.rsplit(":", 1)[-1]) for ex in examples]
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} bytes"
-
-
-def save_examples(examples: list[Example], path: Path) -> Path:
-    """Write examples as JSONL that load_examples reads back (the run's own copy of its data)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps({"prompt": list(ex.messages), "demonstration": ex.demonstration}) + "\n")
-    return path
-
-
-_tokenizers: dict = {}
-
-
-def load_tokenizer(model: str):
-    """The tokenizer alone (cached), for previews; never runs remote code."""
-    if model not in _tokenizers:
-        from transformers import AutoTokenizer
-
-        from .models import model_path
-
-        try:
-            _tokenizers[model] = AutoTokenizer.from_pretrained(model_path(model), trust_remote_code=False)
-        except OSError as err:
-            raise RuntimeError(f"Could not load the tokenizer of {model!r} ({err}). Use 'embedded', a local folder "
-                               "or a Hugging Face id that is cached or reachable.") from None
-    return _tokenizers[model]
-
-
-def preview_rows(examples: list[Example], tokenizer, config: Config | None = None, n: int = 3) -> list[dict]:
-    """The first `n` examples as the model sees them: chat-rendered student and teacher prompts, token counts."""
-    config = config or Config()
-    selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, config.train.seed)
-    rows = []
-    for index, ex in enumerate(examples[:n]):
-        student = student_prompt(tokenizer, ex)
-        teacher = teacher_prompt(tokenizer, ex, selector.demos_for(index), config.teacher.template)
-        rows.append({
-            "source": ex.source, "student_prompt": student, "teacher_prompt": teacher,
-            "demonstration": ex.demonstration,
-            "student_tokens": len(tokenizer(student, add_special_tokens=False).input_ids),
-            "teacher_tokens": len(tokenizer(teacher, add_special_tokens=False).input_ids),
-            "demonstration_tokens": len(tokenizer(ex.demonstration, add_special_tokens=False).input_ids),
-        })
-    return rows
+def wait_until_idle(timeout: float | None = None) -> bool:
+    """Wait until no training holds the process's slot (True), or `timeout` seconds pass (False)."""
+    if not _ONE_TRAINING.acquire(timeout=-1 if timeout is None else timeout):
+        return False
+    _ONE_TRAINING.release()
+    return True
 
 
 # -- config and the equivalent command -------------------------------------------------------
 def make_config(*, model: str = "embedded", load_in_4bit: bool | None = None, method: str = "sdft", steps: int = 12,
                 learning_rate: float = 5e-4, lora_r: int = 16, max_new_tokens: int = 48, batch_size: int = 2,
-                teacher: str = "ema", divergence: str = "forward KL (paper)", topk: int = 0,
+                teacher: str = "ema", divergence: str = "forward KL (paper)", vocab: str = "full", topk: int = 100,
+                template: str = "paper", custom_template: str = "", skip_first: int = 3, demo_selection: str = "own",
                 threads: int = 1) -> Config:
     """The Config for the Train tab's settings, by name; raises ValueError saying what to change.
 
-    Every name but two is the config field's: divergence is a name from DIVERGENCES (the loss's
-    alpha), and topk 0 compares the full vocabularies, k > 0 the teacher's top-k plus a tail bucket."""
+    Every name but three is the config field's: divergence is a name from DIVERGENCES (the loss's
+    alpha), template a name from TEMPLATE_CHOICES ('custom' takes `custom_template`, a text with
+    {prompt} and {demonstration}), and topk is used with vocab 'topk' only."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}; got {divergence!r}")
-    vocab = {"vocab": "topk", "topk": int(topk)} if topk and int(topk) > 0 else {}
+    if template not in TEMPLATE_CHOICES:
+        raise ValueError(f"template must be one of {', '.join(TEMPLATE_CHOICES)}; got {template!r}")
+    text = custom_template if template == "custom" else TEMPLATES["paper"] if template == "paper" else template
     return Config().replace(model=(model or "embedded").strip(), load_in_4bit=load_in_4bit, method=method,
                             steps=int(steps), learning_rate=float(learning_rate), lora_r=int(lora_r),
                             max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), teacher=teacher,
-                            alpha=DIVERGENCES[divergence], threads=int(threads), **vocab)
+                            alpha=DIVERGENCES[divergence], vocab=vocab, topk=int(topk), template=text,
+                            skip_first=int(skip_first), demo_selection=demo_selection, threads=int(threads))
+
+
+def template_setting(template: str) -> tuple[str, str]:
+    """(choice, custom text) of the template setting for a config's template (a name or a text)."""
+    if template in TEMPLATE_CHOICES:
+        return template, ""
+    name = next((name for name, text in TEMPLATES.items() if text == template), None)
+    return (name, "") if name else ("custom", template)
+
+
+def advised_values(advice: dict) -> dict:
+    """The Train tab's settings (make_config's names) that apply the teacher check's advice
+    (check.advised_settings): its template becomes the template choice and the custom text."""
+    values = {name: value for name, value in advice.items() if name != "template"}
+    if "template" in advice:
+        values["template"], values["custom_template"] = template_setting(advice["template"])
+    return values
 
 
 def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run") -> str:
@@ -172,22 +130,37 @@ class Status:
 
 
 class TrainingWorker:
-    """Runs one training in a thread that writes the run directory; the app polls `status()` and `records()`.
+    """One browser session's runs: trains one at a time in a thread that writes the run directory; the
+    page polls `status()` and `records()`. Stop, Resume and the run lists act on this session's runs only.
 
     Stop sets a flag checked between steps; the worker then writes the checkpoint and the
-    adapter, so `resume()` continues the run with `Trainer(..., resume=True)`.
+    adapter, so `resume()` continues the run with `Trainer(..., resume=True)`. The thread and its
+    stop flag are made per training, so a fresh worker is plain data (gradio copies a session's first state).
     """
 
     def __init__(self, runs_dir: str | Path):
         self.runs_dir = Path(runs_dir)
+        self.runs: list[str] = []  # the run folders this session made, oldest first
         self.run_dir: Path | None = None
-        self.state, self.error = "idle", ""
-        self._records: list[dict] = []
-        self._steps = 0
-        self._started = self._last_step_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.state, self.phase, self.error = "idle", "", ""
         self.teacher_check = ""  # the quick teacher check's verdict, before SDFT training
+        self.advice: dict = {}  # the settings that act on the check's advice (check.advised_settings)
+        self._records: list[dict] = []
+        self._steps = self._first_step = 0
+        self._started = self._last_step_at = 0.0
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- this session's runs --
+    def run_names(self) -> list[str]:
+        """This session's runs that are still on disk, newest first."""
+        return [name for name in reversed(self.runs) if (self.runs_dir / name / "config.yaml").is_file()]
+
+    def run_path(self, name: str | None) -> Path:
+        """The folder of one of this session's runs; any other name (another session's run, a path) is refused."""
+        if not name or name not in self.run_names():
+            raise ValueError("pick one of this session's runs (train one first)")
+        return self.runs_dir / name
 
     # -- controls --
     def start(self, config: Config, examples: list[Example]) -> Path:
@@ -196,32 +169,38 @@ class TrainingWorker:
             raise DataError("no data yet: upload a file or pick a sample on the Data tab first.")
         self._take_lock()
         try:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = self.runs_dir / f"{stamp}-{config.train.method}"
-            suffix = 1
-            while run_dir.exists():
-                suffix += 1
-                run_dir = self.runs_dir / f"{stamp}-{config.train.method}-{suffix}"
-            mark_run(run_dir)  # a run folder with no step yet, which the Trainer may start in
-            config.save(run_dir / "config.yaml")  # listed as a run at once (the trainer rewrites it)
-            save_examples(examples, run_dir / "data.jsonl")
+            run_dir = self._new_run_dir(config.train.method)
+            try:
+                config.save(run_dir / "config.yaml")  # listed as a run at once (the trainer rewrites it)
+                save_examples(examples, run_dir / "data.jsonl")
+            except BaseException:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            self.runs.append(run_dir.name)
+            self._launch(run_dir, config, examples, resume=False)
         except BaseException:
             _ONE_TRAINING.release()
             raise
-        self._launch(run_dir, config, examples, resume=False)
         return run_dir
 
-    def resume(self, run_dir: str | Path, steps: int | None = None) -> Path:
-        """Continue a stopped run from its checkpoint (optionally to a new total of `steps`)."""
-        run_dir = Path(run_dir)
+    def resume(self, name: str, steps: int | None = None, check: Callable[[Config], Config] | None = None) -> Path:
+        """Continue one of this session's stopped runs from its checkpoint (optionally to a new total of
+        `steps`); `check` may refuse the config (the server's limits)."""
+        run_dir = self.run_path(name)
         if not (run_dir / "checkpoint" / "trainer_state.json").is_file() or not (run_dir / "data.jsonl").is_file():
             raise FileNotFoundError(f"{run_dir.name}: no checkpoint to resume from")
         config = Config.load(run_dir / "config.yaml")
         if steps:
             config = config.replace(steps=steps)
+        if check is not None:
+            config = check(config)
         examples = load_examples(run_dir / "data.jsonl")
         self._take_lock()
-        self._launch(run_dir, config, examples, resume=True)
+        try:
+            self._launch(run_dir, config, examples, resume=True)
+        except BaseException:
+            _ONE_TRAINING.release()
+            raise
         return run_dir
 
     def stop(self) -> None:
@@ -242,42 +221,61 @@ class TrainingWorker:
 
     def status(self) -> Status:
         records = self._records
-        step = records[-1]["step"] if records else 0
+        step = records[-1]["step"] if records else self._first_step
         head = f"step {step}/{self._steps}"
         if self.state == "idle":
             return Status("idle", 0, 0, "no training yet", None)
         if self.state == "failed":
             return Status("failed", step, self._steps, f"{head} · failed: {self.error}", self.run_dir)
         if self.state == "loading":
-            text = f"{head} · loading the model, checking the teacher… ({format_seconds(time.time() - self._started)})"
+            text = f"{head} · {self.phase}… ({format_seconds(time.time() - self._started)})"
             return Status("loading", step, self._steps, text, self.run_dir, self.teacher_check)
         elapsed = records[-1]["elapsed_s"] if records else 0.0
+        text = f"{head}, elapsed "
         if self.state in ("training", "stopping"):
             elapsed += time.time() - self._last_step_at  # the step under way
-        session = [r for r in records if r["step"] > self._first_step]
-        per_step = sum(r["seconds"]["total"] for r in session) / len(session) if session else None
-        remaining = "?" if per_step is None else format_seconds(
-            per_step * (self._steps - step) - (time.time() - self._last_step_at if self.state == "training" else 0))
-        text = f"{head}, elapsed {format_seconds(elapsed)} < remaining {remaining}"
+            session = [r for r in records if r["step"] > self._first_step]
+            per_step = sum(r["seconds"]["total"] for r in session) / len(session) if session else None
+            remaining = "?" if per_step is None else format_seconds(
+                per_step * (self._steps - step) - (time.time() - self._last_step_at))
+            text += f"{format_seconds(elapsed)} < remaining {remaining}"
+        else:  # stopped or done: nothing is running, so no time remains to count down
+            text += format_seconds(elapsed)
         if records:
             last = records[-1]
-            text += f" · loss {last['loss']:.4f}" + ("" if last["mean_kl"] is None else f" · mean KL {last['mean_kl']:.4f}")
+            text += f" · loss {last['loss']:.4f}"
+            text += "" if last["mean_kl"] is None else f" · mean KL {last['mean_kl']:.4f}"
         text += {"training": "", "stopping": " · stopping after this step…", "done": " · done",
                  "stopped": " · stopped (Resume continues from the checkpoint)"}[self.state]
         return Status(self.state, step, self._steps, text, self.run_dir, self.teacher_check)
 
     # -- the thread --
     def _take_lock(self) -> None:
+        if self.is_running():
+            raise BusyError(f"This session is already training {self.run_dir.name} (one run at a time). "
+                            "Stop it or wait for it to finish.")
         if not _ONE_TRAINING.acquire(blocking=False):
-            raise BusyError("A training run is already in progress (one at a time). Stop it or wait for it to finish.")
+            raise BusyError("A training run is already in progress on this server (one at a time, for every "
+                            "session). Try again when it finishes.")
+
+    def _new_run_dir(self, method: str) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir, suffix = self.runs_dir / f"{stamp}-{method}", 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = self.runs_dir / f"{stamp}-{method}-{suffix}"
+        mark_run(run_dir)  # a run folder with no step yet, which the Trainer may start in
+        return run_dir
 
     def _launch(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
-        self.run_dir, self.state, self.error, self.teacher_check = run_dir, "loading", "", ""
-        self._records = load_records(run_dir) if resume else []
-        self._first_step = self._records[-1]["step"] if self._records else 0
+        """Start the thread, which owns the lock from then on (it releases it whatever happens)."""
+        self.run_dir, self.state, self.phase, self.error = run_dir, "loading", "loading the model", ""
+        self.teacher_check, self.advice, self._records = "", {}, []
+        self._first_step = json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["step"] \
+            if resume else 0
         self._steps = config.train.steps
         self._started = self._last_step_at = time.time()
-        self._stop.clear()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(run_dir, config, examples, resume),
                                         name="sdft-kit-training", daemon=True)
         self._thread.start()
@@ -290,7 +288,9 @@ class TrainingWorker:
             if config.train.method == "sdft" and not resume:
                 from .check import quick_check
 
-                self.teacher_check = quick_check(trainer).summary()  # shown under the status line
+                self.phase = "checking the teacher on 8 records"
+                check = quick_check(trainer, progress=False)  # the page shows the phase instead
+                self.teacher_check, self.advice = check.summary(), check.settings  # shown under the status line
             self._records = load_records(run_dir)  # resume trims steps logged after the checkpoint
             self.state, self._last_step_at = "training", time.time()
             stopped = self._stop.is_set()
@@ -309,17 +309,12 @@ class TrainingWorker:
             self.state = "stopped" if stopped else "done"
         except Exception as err:  # shown on the page; the app stays usable
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
+            if not resume and not (run_dir / "metrics.jsonl").exists():  # nothing trained: keep no copy of the data
+                shutil.rmtree(run_dir, ignore_errors=True)
+                self.runs.remove(run_dir.name)
+                self.error += " (nothing was trained; the run folder was removed)"
         finally:
             _ONE_TRAINING.release()
-
-
-def list_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders of runs_dir (those with a config.yaml), newest first."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return []
-    runs = [p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()]
-    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def run_config(run_dir: Path) -> Config:
@@ -334,7 +329,7 @@ def adapter_dir(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir.name}: no adapter yet (train at least one step)")
 
 
-# -- export and compare ----------------------------------------------------------------------
+# -- export, compare, chat -------------------------------------------------------------------
 def export_adapter_zip(run_dir: Path, dest_dir: Path) -> Path:
     """The adapter (PEFT format, with the tokenizer and the run's config.yaml) as <run>-adapter.zip."""
     run_dir = Path(run_dir)
@@ -371,26 +366,82 @@ def export_merged_zip(run_dir: Path, dest_dir: Path) -> Path:
     return target
 
 
+Progress = Callable[[float, str], None]
+
+
 def compare_answers(prompt: str, demonstration: str, model: str = "embedded", run_dir: Path | None = None,
-                    max_new_tokens: int = 64) -> dict:
+                    max_new_tokens: int = 64, progress: Progress | None = None) -> dict:
     """Greedy answers to one prompt: the base model, base + the run's trained adapter, and the teacher (the
-    base shown the demonstration, with the run's template). No run or no demonstration gives None there."""
+    base shown the demonstration, with the run's template). No run or no demonstration gives None there.
+    `seconds` holds what each part took (load, base, teacher, trained); `progress(fraction, phase)` is told
+    each phase as it starts."""
     from .chat import generate_text
     from .models import load_model
 
     if not prompt.strip():
         raise ValueError("type a prompt to compare the answers")
+    report = progress or (lambda fraction, phase: None)
     config = run_config(run_dir) if run_dir is not None else Config().replace(model=model)
-    base, tokenizer = load_model(config.model.model, config.model)
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fraction: float, work: Callable):
+        report(fraction, {"load": "loading the model"}.get(name, f"answering with the {name} model"))
+        start = time.perf_counter()
+        result = work()
+        seconds[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    base, tokenizer = timed("load", 0.0, lambda: load_model(config.model.model, config.model))
     example = Example(({"role": "user", "content": prompt},), demonstration)
     student = student_prompt(tokenizer, example)
-    answers = {"base": generate_text(base, tokenizer, [student], max_new_tokens)[0], "trained": None, "teacher": None}
+    answers = {"base": timed("base", 0.25, lambda: generate_text(base, tokenizer, [student], max_new_tokens)[0]),
+               "trained": None, "teacher": None, "seconds": seconds}
     if demonstration.strip():
         shown = teacher_prompt(tokenizer, example, [demonstration], config.teacher.template)
-        answers["teacher"] = generate_text(base, tokenizer, [shown], max_new_tokens)[0]
+        answers["teacher"] = timed("teacher", 0.5, lambda: generate_text(base, tokenizer, [shown], max_new_tokens)[0])
     if run_dir is not None:
         from peft import PeftModel
 
-        trained = PeftModel.from_pretrained(base, adapter_dir(Path(run_dir)))
-        answers["trained"] = generate_text(trained, tokenizer, [student], max_new_tokens)[0]
+        def trained_answer() -> str:
+            trained = PeftModel.from_pretrained(base, adapter_dir(Path(run_dir)))
+            return generate_text(trained, tokenizer, [student], max_new_tokens)[0]
+
+        answers["trained"] = timed("trained", 0.75, trained_answer)
     return answers
+
+
+_chat_models: dict = {}  # one loaded (model, adapter) at a time: chat turns reuse it
+_chat_lock = threading.Lock()
+
+
+def _chat_model(model: str, run_dir: Path | None):
+    from .models import load_adapter, load_model
+
+    key = (model, str(run_dir))
+    with _chat_lock:
+        if key not in _chat_models:
+            _chat_models.clear()  # free the previous model before loading the next
+            config = run_config(run_dir).model if run_dir is not None else Config().replace(model=model).model
+            _chat_models[key] = load_adapter(adapter_dir(run_dir), config) if run_dir is not None \
+                else load_model(config.model, config)
+        return _chat_models[key]
+
+
+def chat_answer(messages: list[dict], *, model: str = "embedded", run_dir: Path | None = None,
+                demonstration: str | None = None, template: str = TEMPLATES["paper"], max_new_tokens: int = 96,
+                temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                stop: tuple[str, ...] = ()) -> Iterator[str]:
+    """The answer to a conversation (ending with a user turn) as it grows, from the base model, a run's
+    trained adapter (`run_dir`), or the teacher: the base model shown `demonstration` in the last user
+    turn, framed by `template`."""
+    from .chat import stream_chat
+
+    if not messages or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+        raise ValueError("type a message first")
+    if demonstration is not None:
+        if not demonstration.strip():
+            raise ValueError("paste a demonstration for the teacher to see")
+        messages = teacher_messages(Example(tuple(messages), demonstration), [demonstration], template)
+    loaded, tokenizer = _chat_model(model, run_dir)
+    yield from stream_chat(loaded, tokenizer, messages, max_new_tokens, temperature=temperature, top_p=top_p,
+                           repetition_penalty=repetition_penalty, stop=stop)

@@ -264,6 +264,23 @@ def judge(r: TemplateResult, skip_first: int = 3) -> tuple[str, list[str]]:
     return verdict, advice
 
 
+def advised_settings(r: TemplateResult, skip_first: int = 3, compared: bool = False) -> dict:
+    """The config fields that act on `judge`'s advice for this template: what one click in the app applies.
+
+    An echo is answered with the plain template (unless templates were compared, so the best one
+    stands, or it is already plain), else with a skip_first that covers it; copying with retrieved
+    demonstrations. "Try a larger model" is advice no setting can take."""
+    settings: dict = {}
+    if r.echo_rate >= MAX_ECHO:
+        if r.template != "plain" and not compared:
+            settings["template"] = "plain"
+        elif r.echo_tokens > skip_first:
+            settings["skip_first"] = r.echo_tokens
+    if r.copy_rate >= COPY_NOTE:
+        settings["demo_selection"] = "retrieval"
+    return settings
+
+
 _RANK = {"ready": 2, "weak": 1, "not ready": 0}
 
 
@@ -279,6 +296,7 @@ class TeacherCheck:
     verdict: str
     advice: list[str]
     seconds: float
+    settings: dict = field(default_factory=dict)  # config fields that act on the advice (`advised_settings`)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "results": [{**asdict(r), "gain": r.gain, "control_gain": r.control_gain,
@@ -410,10 +428,13 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
     if len(results) > 1:
         advice.insert(0, f"Template '{best.template}' teaches best on this sample"
                          + (f": train with --template {best.template}." if best.template in TEMPLATES else "."))
+    settings = advised_settings(best, skip_first, compared=len(results) > 1)
+    if len(results) > 1 and best.template in TEMPLATES:
+        settings = {"template": best.template, **settings}
     return TeacherCheck(records=len(picked), max_new_tokens=max_new_tokens,
                         scorer=scorer if isinstance(scorer, str) or scorer is None else "custom",
                         results=results, best=best.template, verdict=best.verdict, advice=advice,
-                        seconds=round(time.perf_counter() - start, 2))
+                        seconds=round(time.perf_counter() - start, 2), settings=settings)
 
 
 def quick_check(trainer, progress: bool = True) -> TeacherCheck:

@@ -206,6 +206,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .config import ModelConfig
     from .models import adapter_base, load_adapter, load_model
 
+    if not args.chat and not args.prompt:
+        raise ValueError("give --prompt TEXT, or --chat to talk in turns")
     if not args.adapter:
         model, tokenizer = load_model(args.model or "embedded", ModelConfig(model=args.model or "embedded"))
     else:
@@ -216,7 +218,44 @@ def cmd_generate(args: argparse.Namespace) -> None:
         # The base: --model, else the one the adapter records (so a moved or copied adapter finds it).
         base = args.model or adapter_base(adapter) or options.model
         model, tokenizer = load_adapter(adapter, dataclasses.replace(options, model=base))
-    print(chat(model, tokenizer, args.prompt, args.max_new_tokens, system=args.system, temperature=args.temperature))
+    settings = {"system": args.system, "temperature": args.temperature, "repetition_penalty": args.repetition_penalty,
+                "stop": args.stop or ()}
+    if args.chat:
+        _chat_in_terminal(model, tokenizer, args.prompt, args.max_new_tokens, settings)
+    else:
+        print(chat(model, tokenizer, args.prompt, args.max_new_tokens, **settings))
+
+
+def _chat_in_terminal(model, tokenizer, first: str | None, max_new_tokens: int, settings: dict) -> None:
+    """Multi-turn chat: each answer is printed as it is generated and kept in the conversation."""
+    from .chat import stream_chat
+
+    print("Type a message and press Enter. /reset starts over; an empty line, /exit or Ctrl-D ends.", flush=True)
+    messages: list[dict] = []
+    while True:
+        if first is not None:
+            text, first = first, None
+            print(f"you> {text}")
+        else:
+            try:
+                text = input("you> ")
+            except EOFError:
+                print()
+                return
+        text = text.strip()
+        if text in ("", "/exit"):
+            return
+        if text == "/reset":
+            messages = []
+            continue
+        messages.append({"role": "user", "content": text})
+        print("model> ", end="", flush=True)
+        answer = ""
+        for grown in stream_chat(model, tokenizer, messages, max_new_tokens, **settings):
+            print(grown[len(answer):], end="", flush=True)
+            answer = grown
+        print(flush=True)
+        messages.append({"role": "assistant", "content": answer})
 
 
 def cmd_check_teacher(args: argparse.Namespace) -> None:
@@ -422,10 +461,16 @@ def make_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="answer a prompt with a trained adapter (or the base model)")
     gen.add_argument("--adapter", help="adapter folder (a run's adapter/ or checkpoint/adapter)")
     gen.add_argument("--model", help="base model (default: the run's, else 'embedded')")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", help="the message to answer (with --chat: the first turn)")
+    gen.add_argument("--chat", action="store_true", help="talk in turns in the terminal; answers stream as they come")
     gen.add_argument("--system", help="optional system message")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="> 1 discourages repeating tokens already in the conversation (1.0 = off; try 1.2 when "
+                          "an answer loops)")
+    gen.add_argument("--stop", action="append", metavar="TEXT",
+                     help="end the answer before this text (repeat the flag for several)")
     gen.set_defaults(func=cmd_generate)
 
     check = sub.add_parser("check-teacher", help="is the model, shown a demonstration, a better answerer? (a minute)")

@@ -24,7 +24,8 @@ class SampleRecord(TypedDict):
     prompt: str | list
     source: str  # where the example came from, e.g. "demo.jsonl:3"
     token_ids: list[int]
-    tokens: list[str]
+    tokens: list[str]  # each token decoded alone (a byte-level piece of a character decodes to "\ufffd")
+    pieces: list[str]  # what each token adds to the answer's text ("" for one ending inside a character); may be absent
     values: list[float]  # per-token divergence (SDFT) or NLL (SFT)
     in_loss: list[int]  # 1 where the token counts in the loss (SDFT skips the first few)
     student_logprob: list[float]  # log p_student(token)
@@ -60,6 +61,27 @@ class StepRecord(TypedDict, total=False):
     label: str  # optional, for records made by hand (e.g. "before the update" in notebook 01)
 
 
+def token_pieces(tokenizer, ids: list[int], context: int = 6) -> list[str]:
+    """What each token adds to the decoded text, for display.
+
+    A token that ends inside a character (byte-level BPE splits an emoji or an accented letter
+    over several tokens) adds "" and the token that completes the character adds all of it,
+    so "🙂" shows whole. Each token is decoded after a few tokens of `context`, which also keeps
+    the leading space that SentencePiece tokenizers drop when a token is decoded alone."""
+    pieces, pending = [], 0  # pending: tokens before this one still waiting for the end of their character
+    for i in range(len(ids)):
+        start = max(0, i - pending - context)
+        head = tokenizer.decode(ids[start:i - pending])
+        text = tokenizer.decode(ids[start:i + 1])
+        if text.endswith("\ufffd") and i < len(ids) - 1:
+            pieces.append("")
+            pending += 1
+            continue
+        pieces.append(text[len(head):] if text.startswith(head) else tokenizer.decode(ids[i - pending:i + 1]))
+        pending = 0
+    return pieces
+
+
 def sample_record(tokenizer, example, batch, student, teacher, row: int = 0) -> SampleRecord:
     """What the views need about one completion of `batch`: its tokens and both distributions.
 
@@ -80,6 +102,7 @@ def sample_record(tokenizer, example, batch, student, teacher, row: int = 0) -> 
         "source": example.source,
         "token_ids": ids,
         "tokens": [tokenizer.decode([t]) for t in ids],
+        "pieces": token_pieces(tokenizer, ids),
         "values": floats(student.per_token),
         "in_loss": [int(x) for x in student.mask[row][keep].tolist()],
         "student_logprob": floats(student.sampled_logprobs),

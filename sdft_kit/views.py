@@ -56,6 +56,17 @@ def display_token(text: str) -> str:
     return shown or "∅"
 
 
+def display_pieces(sample: dict) -> list[str]:
+    """Each token of a sample as the strip shows it: its text with whitespace made visible, and "" for a
+    token that ends inside a character (its bytes are shown, whole, on the token that completes it).
+
+    Uses the record's `pieces` (see records.token_pieces); older records have only `tokens`."""
+    pieces = sample.get("pieces")
+    if pieces is None or len(pieces) != len(sample["tokens"]):
+        return [display_token(t) for t in sample["tokens"]]
+    return [display_token(p) if p else "" for p in pieces]
+
+
 def escaped(text: str) -> str:
     """Text for plotly, which reads <b>, <br>, ... in labels as markup: a token "<br>" must stay text."""
     return html.escape(text, quote=False)
@@ -152,15 +163,27 @@ def record_title(record: StepRecord) -> str:
 
 
 # -- token strip -----------------------------------------------------------------------------
+PIECE_WIDTH = 0.5  # the box of a token that ends inside a character: narrow, joined to the next token's box
+ROW_PX, STRIP_TOP_PX, STRIP_BOTTOM_PX = 34, 60, 90  # a row of tokens; the title above, the colour bar below
+
+
+def token_width(text: str) -> float:
+    return len(text) if text else PIECE_WIDTH
+
+
 def strip_layout(shown: list[str], chars_per_row: int, gap: float = 0.6) -> list[tuple[int, float]]:
-    """(row, start) of each token laid out like wrapped text; a row also ends after a newline."""
+    """(row, start) of each token laid out like wrapped text; a row also ends after a newline.
+
+    A token shown as "" (part of the next token's character) gets a narrow box with no gap after it,
+    so the pieces of one character stay together."""
     places, row, start = [], 0, 0.0
-    for text in shown:
-        width = len(text)
-        if start > 0 and start + width > chars_per_row:
+    for i, text in enumerate(shown):
+        width = token_width(text)
+        joined = i > 0 and not shown[i - 1]  # continues the previous token's character: same row
+        if start > 0 and start + width > chars_per_row and not joined:
             row, start = row + 1, 0.0
         places.append((row, start))
-        start += width + gap
+        start += width + (gap if text else 0.0)
         if text.endswith("↵"):
             row, start = row + 1, 0.0
     return places
@@ -175,6 +198,8 @@ def token_strip(record: StepRecord, metric: str | None = None, selected: int | N
     The colour scale is clamped to the 95th percentile of |value| so one outlier cannot wash
     out the rest; hover shows the exact value and both models' probabilities. Faded tokens
     are outside the loss (the first `skip_first`). `selected` outlines one position.
+    A character split over several byte-level tokens (an emoji) shows whole on its last token;
+    the tokens before it are narrow boxes joined to it, each with its own colour.
     SFT records have no teacher: `metric` falls back to the NLL."""
     sample = record.get("sample")
     if not sample:
@@ -188,18 +213,19 @@ def token_strip(record: StepRecord, metric: str | None = None, selected: int | N
     values = token_values(sample, metric)
     low, high = robust_bounds(values, kind)
     colours = clamp(values, low, high, neutral=high if kind == "probability" else 0.0)
-    shown = [display_token(t) for t in tokens]
+    shown = display_pieces(sample)
     places = strip_layout(shown, chars_per_row)
     student_p = [math.exp(_number(lp)) for lp in sample["student_logprob"]]
     teacher_p = [math.exp(_number(lp)) for lp in sample["teacher_logprob"]] if sample.get("teacher_logprob") else None
     in_loss = sample.get("in_loss") or [1] * len(tokens)
-    hover = [f"#{i} <b>{escaped(shown[i])}</b><br>student p = {student_p[i]:.4f}"
+    hover = [f"#{i} <b>{escaped(shown[i]) or 'a byte-level piece of the next character'}</b>"
+             f"<br>student p = {student_p[i]:.4f}"
              + (f"<br>teacher p = {teacher_p[i]:.4f}" if teacher_p else "<br>teacher p = – (SFT)")
              + f"<br>{label} = {values[i]:.4f}" + ("" if in_loss[i] else "<br><i>not in the loss</i>")
              for i in range(len(tokens))]
     fig = go.Figure(go.Bar(
         orientation="h", y=[row for row, _ in places], base=[start for _, start in places],
-        x=[len(text) for text in shown], width=0.78, text=[escaped(t) for t in shown], textposition="inside",
+        x=[token_width(text) for text in shown], width=0.78, text=[escaped(t) for t in shown], textposition="inside",
         insidetextanchor="middle", textangle=0, cliponaxis=False,
         textfont=dict(family=FONT, size=14, color=[colour if keep else "#111" for colour, keep  # faded: light
                                                    in zip(text_colours(colours, low, high, kind), in_loss)]),
@@ -214,10 +240,12 @@ def token_strip(record: StepRecord, metric: str | None = None, selected: int | N
     rows = places[-1][0] + 1
     if selected is not None and 0 <= selected < len(tokens):
         row, start = places[selected]
-        fig.add_shape(type="rect", x0=start - 0.2, x1=start + len(shown[selected]) + 0.2,
+        fig.add_shape(type="rect", x0=start - 0.2, x1=start + token_width(shown[selected]) + 0.2,
                       y0=row - 0.5, y1=row + 0.5, line=dict(color="#111", width=2.5))
+    # The height is the margins plus the rows, so a one-line answer keeps its row's full height.
     fig.update_layout(title=dict(text=escaped(record_title(record)), font=dict(size=15)), template="plotly_white",
-                      height=150 + 34 * rows, margin=dict(l=20, r=20, t=50, b=90),
+                      height=STRIP_TOP_PX + STRIP_BOTTOM_PX + ROW_PX * rows + 10,
+                      margin=dict(l=20, r=20, t=STRIP_TOP_PX, b=STRIP_BOTTOM_PX),
                       uniformtext=dict(minsize=14, mode="show"), bargap=0)
     fig.update_xaxes(visible=False, range=[-0.5, chars_per_row + 0.5])
     fig.update_yaxes(visible=False, range=[rows - 0.5, -0.5])
@@ -267,7 +295,9 @@ def token_detail(record: StepRecord, position: int) -> go.Figure:
     teacher = sample["teacher_topk"][position] if sample.get("teacher_topk") else None
     student_p = math.exp(_number(sample["student_logprob"][position]))
     what = "sampled" if teacher is not None else "demonstration"
-    title = f"token #{position}: {what} <b>{escaped(display_token(sampled))}</b> · student p = {student_p:.4f}"
+    shown = display_pieces(sample)
+    name = shown[position] or "a piece of " + next((piece for piece in shown[position:] if piece), "a character")
+    title = f"token #{position}: {what} <b>{escaped(name)}</b> · student p = {student_p:.4f}"
     if teacher is None:
         fig = make_subplots(rows=1, cols=1, subplot_titles=["student top-k (SFT: no teacher)"])
         fig.add_trace(_topk_bars(student, sampled, set()), row=1, col=1)
@@ -311,7 +341,8 @@ def curves(*runs: list[StepRecord], names: list[str] | None = None, weight: floa
     """Loss (left) and mean per-token KL (right) against the optimizer step, for one or more runs.
 
     Each run is a list of step records; pass an SDFT and an SFT run to compare them on one
-    chart. Points are the raw values, the line an EMA (`weight`). The SDFT loss is the KL
+    chart. Points are the raw values, the line an EMA (`weight`); the legend names the runs (their
+    colours) and, in grey, the two marks. The SDFT loss is the KL
     to the teacher, the SFT loss the NLL of the demonstration; SFT has no KL curve."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["loss (SDFT: KL to teacher · SFT: NLL)", "mean per-token KL (SDFT)"])
@@ -333,6 +364,11 @@ def curves(*runs: list[StepRecord], names: list[str] | None = None, weight: floa
             fig.add_trace(go.Scatter(x=steps, y=smooth(raw, weight), mode="lines", name=name, legendgroup=name,
                                      line=dict(color=colour, width=2.5), connectgaps=True,
                                      showlegend=col == 1), row=1, col=col)
+    # A key to the two marks, in grey: what a dot is and what a line is, whatever the run.
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="raw value at each step",
+                             marker=dict(color="#777", size=7, opacity=0.5)), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"smoothed (EMA, weight {weight:g})",
+                             line=dict(color="#777", width=2.5)), row=1, col=1)
     last_step = max((r["step"] for records in runs for r in records), default=1)
     fig.update_xaxes(title_text="step", dtick=max(1, math.ceil(last_step / 10)))  # whole steps only
     fig.update_layout(template="plotly_white", height=340, margin=dict(l=50, r=20, t=60, b=50),

@@ -384,3 +384,20 @@ def test_on_the_demo_sample_the_verdict_is_explained_by_the_numbers(model_and_to
     for row in system.rows:
         assert row["teacher_similarity"] == similarity(row["teacher_answer"], by_source[row["source"]].demonstration)
     assert system.teacher_similarity == pytest.approx(sum(r["teacher_similarity"] for r in system.rows) / 6)
+
+
+def test_advice_becomes_settings_that_one_click_applies():
+    from sdft_kit.check import advised_settings
+
+    assert advised_settings(figures()) == {}  # ready: nothing to change
+    assert advised_settings(figures(teacher_logprob=-1.0)) == {}  # "try a larger model" is no setting
+    assert advised_settings(figures(echo_rate=0.56, echo_tokens=14)) == {"template": "plain"}
+    # plain already, or the best of several templates compared: cover the echo with skip_first instead
+    assert advised_settings(figures(template="plain", echo_rate=0.5, echo_tokens=9), skip_first=3) == {"skip_first": 9}
+    assert advised_settings(figures(echo_rate=0.5, echo_tokens=9), skip_first=3, compared=True) == {"skip_first": 9}
+    assert advised_settings(figures(template="plain", echo_rate=0.5, echo_tokens=3), skip_first=3) == {}
+    assert advised_settings(figures(copy_rate=0.6)) == {"demo_selection": "retrieval"}
+    from sdft_kit.config import Config
+
+    config = Config().replace(**advised_settings(figures(echo_rate=0.5, copy_rate=0.6)))  # valid config fields
+    assert (config.teacher.template, config.teacher.demo_selection) == ("plain", "retrieval")

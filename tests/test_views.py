@@ -223,3 +223,43 @@ def test_batch_html_marks_prompt_trained_and_skipped_tokens():
     assert "PAD" not in page and "&lt;end&gt;" in page  # padding left out, tokens escaped
     spans = page.split("</b>")[1]
     assert spans.count("#eeeeee") == 2 and spans.count("#fdd49e") == 1 and spans.count("#c7e9c0") == 2
+
+
+def test_a_character_split_over_byte_level_tokens_shows_whole():
+    from sdft_kit.app_data import load_tokenizer
+    from sdft_kit.records import token_pieces
+    from sdft_kit.views import display_pieces, strip_layout
+
+    tokenizer = load_tokenizer("embedded")
+    ids = tokenizer("Yes 👍🏽 ok", add_special_tokens=False).input_ids
+    alone = [tokenizer.decode([i]) for i in ids]
+    assert "\ufffd" in "".join(alone)  # decoded one by one, the emoji's bytes are broken
+    pieces = token_pieces(tokenizer, ids)
+    assert "".join(pieces) == "Yes 👍🏽 ok" and "" in pieces
+    record = make_record(tokens=alone)
+    record["sample"]["pieces"] = pieces
+    shown = display_pieces(record["sample"])
+    assert "␣👍" in shown and "🏽" in shown and "\ufffd" not in "".join(shown)
+    bar = token_strip(record, "kl").data[0]
+    assert len(bar.x) == len(ids)  # still one box (one colour, one click) per token
+    places = strip_layout(shown, 80)
+    for i, text in enumerate(shown[:-1]):
+        if not text:  # a piece: a narrow box joined to the next token's, on its row, with no gap
+            assert places[i + 1] == (places[i][0], pytest.approx(places[i][1] + bar.x[i]))
+    assert "a byte-level piece of the next character" in bar.hovertext[shown.index("")]
+    first_piece = shown.index("")
+    assert "a piece of ␣👍" in token_detail(record, first_piece).layout.title.text
+    del record["sample"]["pieces"]  # records written before pieces existed still draw, token by token
+    assert list(token_strip(record, "kl").data[0].text) == [escaped(display_token(t)) for t in alone]
+
+
+def test_a_one_line_strip_keeps_a_full_row_under_its_title_and_colour_bar():
+    for tokens, rows in ((("Yes", "."), 1), (("a\n", "b\n", "c"), 3)):
+        layout = token_strip(make_record(tokens=tokens), "kl").layout
+        assert layout.height - layout.margin.t - layout.margin.b >= 34 * rows
+
+
+def test_curves_legend_names_the_raw_dots_and_the_smoothed_line():
+    fig = curves([make_record(step=1), make_record(step=2, loss=0.3)], weight=0.6)
+    legend = {t.name: t.mode for t in fig.data if t.showlegend is not False}
+    assert legend == {"SDFT": "lines", "raw value at each step": "markers", "smoothed (EMA, weight 0.6)": "lines"}

@@ -1,0 +1,83 @@
+"""Answers for people (sdft_kit.chat): streaming, stop strings, repetition penalty, turns; and `sdft-kit generate`."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdft_kit.chat import chat, cut_at_stop, settled, stream_chat
+
+QUESTION = "Name three countries in Central America."
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # generate slows down many times with two threads on two busy cores
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_stop_strings_cut_the_answer_and_hold_back_what_may_become_one():
+    assert cut_at_stop("El Salvador, Guatemala", [", "]) == "El Salvador"
+    assert cut_at_stop("a\n\nb\n\nc", ["\n\n", "b"]) == "a"  # the first stop string in the text wins
+    assert cut_at_stop("no stop here", ["###", ""]) == "no stop here"
+    assert settled("answer\n", ["\n\n"]) == "answer"  # "\n" may be the start of "\n\n": held back
+    assert settled("answer##", ["###"]) == "answer" and settled("answer#x", ["###"]) == "answer#x"
+    assert settled("anything", []) == "anything"
+
+
+def test_the_answer_streams_and_each_piece_extends_the_last(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    grown = list(stream_chat(model, tokenizer, QUESTION, 16))
+    assert len(grown) >= 4 and all(later.startswith(earlier) for earlier, later in zip(grown, grown[1:]))
+    assert grown[-1] == chat(model, tokenizer, QUESTION, 16)  # greedy: the same answer, streamed or not
+
+
+def test_stop_strings_repetition_penalty_and_turns(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    plain = chat(model, tokenizer, QUESTION, 24)
+    assert ", " in plain  # greedy SmolLM2 lists the countries with commas
+    stopped = chat(model, tokenizer, QUESTION, 24, stop=[", "])
+    assert stopped == plain[:plain.index(", ")] and stopped
+    streamed = list(stream_chat(model, tokenizer, QUESTION, 24, stop=[", "]))
+    assert streamed[-1] == stopped and all(", " not in piece for piece in streamed)
+    assert chat(model, tokenizer, QUESTION, 24, repetition_penalty=1.5) != plain  # it changes the greedy path
+    turns = [{"role": "user", "content": "My name is Ann."}, {"role": "assistant", "content": "Hello Ann!"},
+             {"role": "user", "content": "Say my name."}]
+    assert chat(model, tokenizer, turns, 12) != chat(model, tokenizer, "Say my name.", 12)  # earlier turns count
+    with pytest.raises(ValueError, match="repetition_penalty > 0"):
+        chat(model, tokenizer, QUESTION, 8, repetition_penalty=0)
+
+
+def test_closing_a_stream_stops_generation_early(model_and_tokenizer):
+    import time
+
+    model, tokenizer = model_and_tokenizer
+    stream = stream_chat(model, tokenizer, "Write a long story about a dragon.", 400)
+    next(stream)
+    start = time.perf_counter()
+    stream.close()  # the reader went away (a browser tab closed): the generating thread ends after a token
+    assert time.perf_counter() - start < 5
+
+
+def test_generate_talks_in_turns_in_the_terminal():
+    result = subprocess.run(
+        [sys.executable, "-m", "sdft_kit.cli", "generate", "--chat", "--max-new-tokens", "8",
+         "--repetition-penalty", "1.2", "--stop", "\n"],
+        input="What is 7 plus 5?\n/reset\nAnd 2 plus 2?\n\n", capture_output=True, text=True, timeout=300,
+        env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("model> ") == 2 and "Traceback" not in result.stderr
+    answers = [line.split("model> ", 1)[1] for line in result.stdout.splitlines() if "model> " in line]
+    assert all(answer.strip() for answer in answers)
+
+
+def test_generate_needs_a_prompt_or_chat(capsys):
+    from sdft_kit.cli import main
+
+    assert main(["generate"]) == 2
+    assert "give --prompt TEXT, or --chat to talk in turns" in capsys.readouterr().err
