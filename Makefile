@@ -37,6 +37,8 @@ $(VENV)/.vllm-installed: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/sdft-kit demo
 
+# Two pytest workers (pytest-xdist): the tests use one torch thread each, so two cores run two at once.
+PYTEST_ARGS ?= -n 2
 # pytest exits 5 when no test was collected (e.g. a -k filter): not a failure here.
 test: install $(if $(VLLM),install-vllm)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
