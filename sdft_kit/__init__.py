@@ -12,6 +12,8 @@ errors come back at once. `from sdft_kit import Trainer` works as before.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -47,6 +49,20 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds it as an attribute of the package: for sdft_kit.chat (the module),
+    that would hide chat (the function) from `from sdft_kit import chat`. Bind the function instead,
+    as the package's eager imports used to."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time

@@ -293,20 +293,14 @@ class TrainingWorker:
                 self.teacher_check, self.advice = check.summary(), check.settings  # shown under the status line
             self._records = load_records(run_dir)  # resume trims steps logged after the checkpoint
             self.state, self._last_step_at = "training", time.time()
-            stopped = self._stop.is_set()
-            steps = trainer.steps()
-            while not stopped:
-                record = next(steps, None)
-                if record is None:
-                    break
+            if self._stop.is_set():
+                trainer.stop()
+            for record in trainer.steps():  # stopped, it ends after this step, checkpointed, with the adapter
                 self._records = self._records + [record]
                 self._last_step_at = time.time()
-                stopped = self._stop.is_set()
-            if stopped:
-                steps.close()
-                trainer.save_checkpoint()
-                trainer.save_adapter(run_dir / "adapter")
-            self.state = "stopped" if stopped else "done"
+                if self._stop.is_set():
+                    trainer.stop()
+            self.state = "stopped" if trainer.step < trainer.config.train.steps else "done"
         except Exception as err:  # shown on the page; the app stays usable
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
             if not resume and not (run_dir / "metrics.jsonl").exists():  # nothing trained: keep no copy of the data

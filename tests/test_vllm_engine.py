@@ -114,7 +114,7 @@ def test_a_missing_vllm_is_a_one_line_error_naming_the_extra(monkeypatch):
 
 
 def test_vllm_settings_are_checked():
-    with pytest.raises(ValueError, match="vllm_gpu_memory must be in"):
+    with pytest.raises(ValueError, match="vllm_gpu_memory must be > 0 and < 1"):
         RolloutConfig(vllm_gpu_memory=1.5)
     with pytest.raises(ValueError, match="vllm_dtype must be one of"):
         RolloutConfig(vllm_dtype="int4")
