@@ -32,7 +32,7 @@ from sdft_kit import app_data
 from sdft_kit import app_logic as logic
 from sdft_kit import views
 from sdft_kit.app_safety import Limits, check_exposure, make_export_dir, read_logins
-from sdft_kit.config import DEMO_SELECTIONS, METHODS, TEACHER_KINDS, VOCABS, Config
+from sdft_kit.config import DEMO_SELECTIONS, METHODS, REPORT_TO, TEACHER_KINDS, VOCABS, Config
 from sdft_kit.models import set_threads
 
 CUDA = torch.cuda.is_available()
@@ -178,6 +178,9 @@ def make_settings(limits: Limits, threads: int) -> dict[str, gr.components.Compo
                                         "random: another one"),
         "threads": gr.Number(threads, label="CPU threads", precision=0, minimum=1, maximum=os.cpu_count() or 1,
                              visible=not CUDA, render=False),
+        "report_to": gr.Dropdown(list(REPORT_TO), value="auto", label="Experiment tracking", render=False,
+                                 info="log each step's scalars and sampled answer: auto = trackio when installed "
+                                      "(local), tensorboard (the run's tensorboard/ folder), wandb, or none"),
     }
 
 
@@ -312,7 +315,7 @@ def train_tab(page: Page) -> SimpleNamespace:
                 s["threads"].render()
                 with gr.Accordion("Advanced: the teacher and the loss", open=False, elem_id="advanced"):
                     for name in ("teacher", "template", "custom_template", "demo_selection", "skip_first",
-                                 "divergence", "vocab", "topk"):
+                                 "divergence", "vocab", "topk", "report_to"):
                         s[name].render()
             with gr.Column(scale=2):
                 status = gr.Markdown("no training yet", elem_id="status")
@@ -514,14 +517,22 @@ def chat_tab(page: Page) -> SimpleNamespace:
 
 
 def export_tab(page: Page) -> SimpleNamespace:
-    """5 · Export: the adapter (PEFT) or the merged model, as a zip to download."""
+    """5 · Export: the adapter (PEFT, with its model card) or the merged model in 16-bit, as a zip to download,
+    or the adapter pushed to the Hugging Face Hub."""
     with gr.Tab("5 · Export") as tab:
         run = gr.Dropdown([], label="Run", allow_custom_value=True)
         with gr.Row():
-            adapter = gr.Button("Adapter (.zip, PEFT format)", variant="primary")
-            merged = gr.Button("Merged model (.zip)" + (" · not for 4-bit bases" if CUDA else ""))
+            adapter = gr.Button("Adapter (.zip, PEFT format, with its model card)", variant="primary")
+            merged = gr.Button("Merged model (.zip, bfloat16)")
         note = gr.HTML()
         file = gr.File(label="Download", interactive=False)
+        gr.Markdown("**Push the adapter to the Hugging Face Hub** (its model card names the real base model)")
+        with gr.Row():
+            repo = gr.Textbox(label="Repo id", placeholder="your-name/my-sdft-adapter")
+            token = gr.Textbox(label="Token (write access; empty: HF_TOKEN or your login)", type="password")
+            private = gr.Checkbox(label="private", value=True)
+        push = gr.Button("Push to the Hub")
+        pushed = gr.HTML()
 
     def on_export(worker, name, as_merged):
         try:
@@ -531,10 +542,18 @@ def export_tab(page: Page) -> SimpleNamespace:
             return _error(str(err)), None
         return f"✓ {path.name} ({path.stat().st_size / 2**20:.1f} MB) is ready below.", str(path)
 
+    def on_push(worker, name, repo_id, token, private):
+        try:
+            url = logic.push_adapter(worker.run_path(name), repo_id, token=token, private=private)
+        except (ValueError, RuntimeError, OSError) as err:
+            return _error(str(err))
+        return f"✓ pushed to {html.escape(url)}"
+
     adapter.click(lambda worker, name: on_export(worker, name, False), [page.worker, run], [note, file],
                   api_name="export_adapter")
     merged.click(lambda worker, name: on_export(worker, name, True), [page.worker, run], [note, file],
                  api_name="export_merged")
+    push.click(on_push, [page.worker, run, repo, token, private], pushed, api_name="push")
     return SimpleNamespace(tab=tab, run=run)
 
 

@@ -3,7 +3,8 @@
     make_config(**settings)      the Config of the Train tab's settings, by name
     cli_command(config, ...)     the `sdft-kit train ...` command that runs the same training
     TrainingWorker               one session's runs: train in a background thread, stop, resume, status
-    export_adapter_zip(...)      the run's adapter as a zip (and export_merged_zip: base + adapter merged)
+    export_adapter_zip(...)      the run's adapter with its model card as a zip (export_merged_zip: merged in 16-bit;
+                                 push_adapter: to the Hugging Face Hub)
     compare_answers(...)         one prompt answered by the base model, the trained adapter and the teacher, timed
     chat_answer(...)             the Chat tab's answer as it grows: base, a trained run, or the teacher
 
@@ -29,6 +30,7 @@ from .checkpoint import mark_run
 from .config import TEMPLATES, Config, fields_by_section, flag
 from .data import DataError, Example, load_examples
 from .demos import student_prompt, teacher_messages, teacher_prompt
+from .export import adapter_dir
 from .records import StepRecord, load_records
 
 # Divergence choices shown in the app, as the loss's alpha (see LossConfig).
@@ -56,7 +58,7 @@ def make_config(*, model: str = "embedded", load_in_4bit: bool | None = None, me
                 learning_rate: float = 5e-4, lora_r: int = 16, max_new_tokens: int = 48, batch_size: int = 2,
                 teacher: str = "ema", divergence: str = "forward KL (paper)", vocab: str = "full", topk: int = 100,
                 template: str = "paper", custom_template: str = "", skip_first: int = 3, demo_selection: str = "own",
-                threads: int = 1) -> Config:
+                threads: int = 1, report_to: str = "auto") -> Config:
     """The Config for the Train tab's settings, by name; raises ValueError saying what to change.
 
     Every name but three is the config field's: divergence is a name from DIVERGENCES (the loss's
@@ -71,7 +73,8 @@ def make_config(*, model: str = "embedded", load_in_4bit: bool | None = None, me
                             steps=int(steps), learning_rate=float(learning_rate), lora_r=int(lora_r),
                             max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), teacher=teacher,
                             alpha=DIVERGENCES[divergence], vocab=vocab, topk=int(topk), template=text,
-                            skip_first=int(skip_first), demo_selection=demo_selection, threads=int(threads))
+                            skip_first=int(skip_first), demo_selection=demo_selection, threads=int(threads),
+                            report_to=report_to)
 
 
 def template_setting(template: str) -> tuple[str, str]:
@@ -281,6 +284,7 @@ class TrainingWorker:
         self._thread.start()
 
     def _run(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
+        from .tracking import open_tracker
         from .trainer import Trainer
 
         try:
@@ -295,11 +299,12 @@ class TrainingWorker:
             self.state, self._last_step_at = "training", time.time()
             if self._stop.is_set():
                 trainer.stop()
-            for record in trainer.steps():  # stopped, it ends after this step, checkpointed, with the adapter
-                self._records = self._records + [record]
-                self._last_step_at = time.time()
-                if self._stop.is_set():
-                    trainer.stop()
+            with open_tracker(config, run_dir, resume=resume) as tracker:
+                for record in tracker.track(trainer.steps()):  # stopped, it ends after this step, checkpointed
+                    self._records = self._records + [record]
+                    self._last_step_at = time.time()
+                    if self._stop.is_set():
+                        trainer.stop()
             self.state = "stopped" if trainer.step < trainer.config.train.steps else "done"
         except Exception as err:  # shown on the page; the app stays usable
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
@@ -315,22 +320,16 @@ def run_config(run_dir: Path) -> Config:
     return Config.load(Path(run_dir) / "config.yaml")
 
 
-def adapter_dir(run_dir: Path) -> Path:
-    """The run's final adapter, else the checkpoint's."""
-    for path in (run_dir / "adapter", run_dir / "checkpoint" / "adapter"):
-        if (path / "adapter_config.json").is_file():
-            return path
-    raise FileNotFoundError(f"{run_dir.name}: no adapter yet (train at least one step)")
-
-
 # -- export, compare, chat -------------------------------------------------------------------
 def export_adapter_zip(run_dir: Path, dest_dir: Path) -> Path:
-    """The adapter (PEFT format, with the tokenizer and the run's config.yaml) as <run>-adapter.zip."""
-    run_dir = Path(run_dir)
-    target = Path(dest_dir) / f"{run_dir.name}-adapter.zip"
-    _zip(adapter_dir(run_dir), target, "adapter", zipfile.ZIP_DEFLATED)
-    with zipfile.ZipFile(target, "a") as archive:
-        archive.write(run_dir / "config.yaml", "adapter/sdft_kit_config.yaml")
+    """The run's shareable adapter (export.export_adapter: PEFT files naming the real base, the tokenizer,
+    the model card and the run's config) as <run>-adapter.zip."""
+    from .export import export_adapter
+
+    run_dir, dest_dir = Path(run_dir), Path(dest_dir)
+    target = dest_dir / f"{run_dir.name}-adapter.zip"
+    with tempfile.TemporaryDirectory(dir=dest_dir) as staging:
+        _zip(export_adapter(run_dir, Path(staging) / "adapter"), target, "adapter", zipfile.ZIP_DEFLATED)
     return target
 
 
@@ -341,23 +340,29 @@ def _zip(folder: Path, target: Path, root: str, compression: int) -> None:
                 archive.write(path, f"{root}/{path.relative_to(folder)}")
 
 
-def export_merged_zip(run_dir: Path, dest_dir: Path) -> Path:
-    """Base weights with the adapter merged in (safetensors + tokenizer) as <run>-merged.zip."""
-    from .models import load_adapter, uses_4bit
+def export_merged_zip(run_dir: Path, dest_dir: Path, dtype: str = "bfloat16") -> Path:
+    """Base + adapter merged in 16-bit (export.export_merged: a 4-bit run's adapter goes into a 16-bit copy
+    of its base), with the model card, as <run>-merged.zip."""
+    from .export import export_merged
 
     run_dir, dest_dir = Path(run_dir), Path(dest_dir)
-    config = run_config(run_dir)
-    if uses_4bit(config.model):
-        raise ValueError("this run's base model is 4-bit: merging into 4-bit weights loses precision. "
-                         "Download the adapter and merge it into a 16-bit copy of the base.")
-    model, tokenizer = load_adapter(adapter_dir(run_dir), config.model)
-    merged = model.merge_and_unload()
     target = dest_dir / f"{run_dir.name}-merged.zip"
-    with tempfile.TemporaryDirectory() as staging:
-        merged.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _zip(Path(staging), target, "merged", zipfile.ZIP_STORED)  # weights barely compress: store them
+    with tempfile.TemporaryDirectory(dir=dest_dir) as staging:
+        merged = export_merged(run_dir, Path(staging) / "merged", dtype)
+        _zip(merged, target, "merged", zipfile.ZIP_STORED)  # weights barely compress: store them
     return target
+
+
+def push_adapter(run_dir: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload the run's shareable adapter (with its model card) to the Hub repo `repo_id`; returns its URL.
+    Offline, without a login or without rights: RuntimeError with one line saying what to do."""
+    from .export import export_adapter, push
+
+    if not repo_id or "/" not in repo_id.strip():
+        raise ValueError("give the repo as owner/name, e.g. your-name/my-sdft-adapter")
+    with tempfile.TemporaryDirectory() as staging:
+        folder = export_adapter(run_dir, Path(staging) / "adapter")
+        return push(folder, repo_id.strip(), private=private, token=token or None)
 
 
 Progress = Callable[[float, str], None]

@@ -24,16 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sdft_kit" / "samples" / "demo.jsonl"
 CHROMIUM = "/usr/bin/chromium"
 # The Train tab's settings in the API's order: model, 4-bit, method, steps, learning rate, LoRA rank, new tokens,
-# batch size, teacher kind, divergence, vocabulary, k, template, custom template, skip first, demonstration, threads
+# batch size, teacher kind, divergence, vocabulary, k, template, custom template, skip first, demonstration, threads,
+# tracking
 TINY = ["embedded", False, "sdft", 2, 5e-4, 16, 8, 2, "base", "forward KL (paper)", "full", 100, "paper", "", 3,
-        "own", 1]
+        "own", 1, "none"]
 SFT = [*TINY[:2], "sft", *TINY[3:]]
 
 
 def _settings(**changes) -> list:
     names = ["model", "load_in_4bit", "method", "steps", "learning_rate", "lora_r", "max_new_tokens", "batch_size",
              "teacher", "divergence", "vocab", "topk", "template", "custom_template", "skip_first",
-             "demo_selection", "threads"]
+             "demo_selection", "threads", "report_to"]
     values = dict(zip(names, SFT))
     values.update(changes)
     return [values[name] for name in names]
@@ -121,7 +122,7 @@ def test_upload_train_chat_and_read_back_the_plots_over_http(app, tmp_path):
     status = client.predict(25, "embedded", api_name="/remove_record")[0]
     assert "24 examples" in status and "Record 25 removed" in status, status
     assert command == ("sdft-kit train --data demos.jsonl --out runs/my-run --teacher base --max-new-tokens 8 "
-                       "--steps 2 --batch-size 2 --threads 1")
+                       "--steps 2 --batch-size 2 --threads 1 --report-to none")
     message, _ = client.predict(*TINY, api_name="/start")
     assert message.startswith("Started"), message
     busy, _ = client.predict(*TINY, api_name="/start")
