@@ -65,7 +65,16 @@ def status_line(record: StepRecord) -> str:
         parts.append(f"{seconds:.1f} s/step")
     if record.get("tokens"):
         parts.append(f"{record['tokens']} tokens")
+    elapsed, step, steps = record.get("elapsed_s"), record.get("step"), record.get("steps")
+    if elapsed and step and steps:  # as tqdm shows it: the run's mean step time so far, for the steps left
+        left = f" < remaining {_clock(elapsed / step * (steps - step))}" if step < steps else ""
+        parts.append(f"elapsed {_clock(elapsed)}{left}")
     return " · ".join(part for part in parts if part)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes:02d}:{seconds:02d}"
 
 
 class Dashboard:

@@ -360,6 +360,11 @@ def test_merged_export_matches_base_plus_adapter(tmp_path):
     assert torch.allclose(merged[name].float(), expected[name], rtol=1e-3, atol=1e-5)  # fp16 rounding: 2^-11
     base, _ = load_model("embedded")
     assert not torch.allclose(merged[name].float(), base.state_dict()[name], rtol=1e-3, atol=1e-5)  # adapter in
+    # the Push button: a repo id it can use, and one line offline (the tests run with HF_HUB_OFFLINE=1)
+    with pytest.raises(ValueError, match="owner/name"):
+        logic.push_adapter(run_dir, "no-owner")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        logic.push_adapter(run_dir, "me/my-sdft-adapter")
     # a 4-bit run's adapter is merged into a 16-bit copy of its base, never into 4-bit weights
     (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace(
         "load_in_4bit: null", "load_in_4bit: true"))

@@ -138,3 +138,12 @@ def test_dashboard_updates_at_every_step_of_a_training_run_in_a_notebook():
     assert widgets[ids["slider"]]["state"]["max"] == states[-1]["slider_max"]
     assert "step 2/2" in widgets[ids["status"]]["state"]["value"]
     nbformat.validate(notebook)
+
+
+def test_the_status_line_shows_elapsed_and_remaining_time():
+    from sdft_kit.dashboard import status_line
+
+    line = status_line({"step": 2, "steps": 10, "method": "sdft", "loss": 0.5, "elapsed_s": 30.0})
+    assert "step 2/10" in line and "elapsed 00:30 < remaining 02:00" in line  # 15 s a step, 8 steps left
+    done = status_line({"step": 10, "steps": 10, "method": "sdft", "loss": 0.5, "elapsed_s": 3725.0})
+    assert "elapsed 1:02:05" in done and "remaining" not in done
