@@ -9,7 +9,7 @@ from importlib.resources import files
 import pytest
 import torch
 
-from sdft_kit import Config, Trainer, load_adapter, load_examples
+from sdft_kit import Config, Trainer, load_adapter
 from sdft_kit.batch import demonstration_batch, eos_ids, tokenize_prompts, turn_end_id
 from sdft_kit.check import check_teacher
 from sdft_kit.cli import main
@@ -22,12 +22,7 @@ TURN_END = {"llama3": "<|eot_id|>", "qwen3": "<|im_end|>", "gemma3": "<end_of_tu
 SYSTEM = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from sdft_kit.chat import chat, cut_at_stop, settled, stream_chat
 
@@ -13,12 +12,7 @@ QUESTION = "Name three countries in Central America."
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # generate slows down many times with two threads on two busy cores
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_stop_strings_cut_the_answer_and_hold_back_what_may_become_one():

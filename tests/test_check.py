@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from sdft_kit.check import (
     READY_ACCURACY,
@@ -242,16 +241,6 @@ def test_template_labels_and_bad_template_lists():
 
 
 # --- figures on the embedded model ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def one_thread():
-    """Decoding a small model is several times faster on one thread when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 
 def test_mean_logprobs_of_demonstrations_do_not_depend_on_batching(model_and_tokenizer, one_thread):

@@ -9,13 +9,7 @@ from sdft_kit.evaluate import (EvalItem, choice_loglik, evaluate, extracted_answ
                                parse_tool_call, pick_choices, score_output, tool_call_match)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine more make generate far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def item(answers, kind="fact", prompt="Q?", choices=None):
