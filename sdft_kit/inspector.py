@@ -39,17 +39,29 @@ class Flag:
 
 @dataclass
 class PromptCheck:
-    """One record: its two prompts as tokens, their lengths, and its flags."""
+    """One record: its two prompts as token ids (pieces decoded only when shown), their lengths, its flags."""
 
     source: str
-    student_tokens: list[str]
-    teacher_tokens: list[str]
+    student_ids: list[int]
+    teacher_ids: list[int]
     demonstration_tokens: int
     flags: list[Flag] = field(default_factory=list)
+    tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False)
+
+    @property
+    def student_tokens(self) -> list[str]:
+        return self._pieces(self.student_ids)
+
+    @property
+    def teacher_tokens(self) -> list[str]:
+        return self._pieces(self.teacher_ids)
+
+    def _pieces(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in ids]
 
     def shared(self) -> tuple[int, int]:
         """Tokens the two prompts share at the start and at the end."""
-        s, t = self.student_tokens, self.teacher_tokens
+        s, t = self.student_ids, self.teacher_ids
         n = min(len(s), len(t))
         prefix = 0
         while prefix < n and s[prefix] == t[prefix]:
@@ -94,8 +106,8 @@ class Inspection:
         out = []
         for record in self.records[:n]:
             prefix, suffix = record.shared()
-            out.append(f"== {record.source}: student {len(record.student_tokens)} tokens, teacher "
-                       f"{len(record.teacher_tokens)} tokens (shared: first {prefix}, last {suffix}); "
+            out.append(f"== {record.source}: student {len(record.student_ids)} tokens, teacher "
+                       f"{len(record.teacher_ids)} tokens (shared: first {prefix}, last {suffix}); "
                        f"demonstration {record.demonstration_tokens} tokens")
             for side, tokens in (("student", record.student_tokens), ("teacher", record.teacher_tokens)):
                 middle = tokens[prefix:len(tokens) - suffix]
@@ -166,8 +178,8 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
         texts = {side: render(tokenizer, messages) for side, messages in sides.items()}
         ids = {side: tokenizer(text, add_special_tokens=False)["input_ids"] for side, text in texts.items()}
         demo = len(tokenizer(example.demonstration, add_special_tokens=False)["input_ids"])
-        check = PromptCheck(example.source or f"record {i}", *([tokenizer.decode([t]) for t in ids[side]]
-                                                                for side in ("student", "teacher")), demo)
+        check = PromptCheck(example.source or f"record {i}", ids["student"], ids["teacher"], demo,
+                            tokenizer=tokenizer)
         # SFT trains on prompt + demonstration; SDFT's prompts need room for a max_new_tokens rollout.
         sft = config.train.method == "sft"
         for side in ("student",) if sft else ("student", "teacher"):
