@@ -13,8 +13,8 @@ One output carries three forms of the figure, and each front end picks the one i
                                      prefers images
 
 The PNG is rendered by kaleido (>= 1), which drives a Chrome or Chromium found on the machine
-(Debian: `apt-get install chromium`). The browser starts once per process (about 4 s) and stays
-open; each figure then takes about 0.3 s. Where kaleido or a browser is missing (Colab has no
+(Debian: `apt-get install chromium`). The browser starts once per process (5-7 s on a busy 2-core
+machine) and stays open; each figure then takes about 0.5 s (docs/views.md). Where kaleido or a browser is missing (Colab has no
 Chrome), figures stay live only and one line says so. `SDFT_KIT_STATIC_FIGURES=0` turns the
 PNGs off.
 """
