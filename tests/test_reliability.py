@@ -75,7 +75,7 @@ def test_lock_ctrl_c_and_the_resume_rules(tmp_path, tiny_llama_dir, capsys):
     assert f"stopped after step {step}/500: the checkpoint of step {step} is in {run / 'checkpoint'}" in err
     assert _steps(run) == list(range(1, step + 1))
 
-    assert "--resume cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.0005 -> 1.0" in _main_error(
+    assert "--resume cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.001 -> 1.0" in _main_error(
         capsys, "train", "--data", DATA, "--out", run, "--resume", "--lora-r", 8, "--learning-rate", 1.0)
     assert Config.load(run / "config.yaml").train.steps == 500
 

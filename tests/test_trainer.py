@@ -40,7 +40,7 @@ def test_ten_sdft_steps_lower_the_kl_on_fixed_completions(lora_model, demo_examp
 
 def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     model, tokenizer = lora_model
-    config = Config().replace(steps=1, **TINY)
+    config = Config().replace(steps=1, skip_first=3, **TINY)
     trainer = Trainer(config, demo_examples, tmp_path / "run", model=model, tokenizer=tokenizer)
     first = trainer.order.peek(config.train.batch_size)
     assert trainer.order.peek(config.train.batch_size) == first and trainer.order.seen == 0  # peeking does not move
@@ -55,7 +55,7 @@ def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     assert n > 0 and "".join(sample["tokens"]).strip()
     for key in ("token_ids", "values", "in_loss", "student_logprob", "teacher_logprob", "student_topk", "teacher_topk"):
         assert len(sample[key]) == n, key
-    assert sample["in_loss"][:3] == [0] * min(3, n)  # the first 3 tokens are skipped by default
+    assert sample["in_loss"][:3] == [0] * min(3, n)  # skip_first 3: the first 3 tokens are left out
     top = sample["teacher_topk"][0]
     assert len(top) == 5 and all(a[1] >= b[1] for a, b in zip(top, top[1:]))  # sorted by probability
     # the file holds exactly what was yielded
@@ -101,7 +101,7 @@ def test_resume_continues_step_count_and_optimizer_state(demo_examples, tmp_path
 
 
 def test_resume_sdft_restores_ema_teacher(demo_examples, tmp_path):
-    config = Config().replace(steps=2, **TINY)
+    config = Config().replace(steps=2, teacher="ema", **TINY)
     first = Trainer(config, demo_examples, tmp_path / "run")
     next(first.steps())
     resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
