@@ -102,7 +102,8 @@ def next_batches(trainer: Trainer) -> list[tuple[list[int], Completions]]:
     """The next micro-batches as (this process's example indices, batch): one, or for a method that rolls out,
     `rollout.steps_per_generation` steps' worth sampled in one engine call (the later ones reused)."""
     train, rollout = trainer.config.train, trainer.config.rollout
-    count = rollout.steps_per_generation * train.grad_accum if trainer.method.batch == "rollout" else 1
+    reuse = trainer.method.batch == "rollout" and rollout.steps_per_generation > 1
+    count = rollout.steps_per_generation * train.grad_accum if reuse else 1  # 1: each micro-batch samples its own
     # Each micro-batch: the global batch's next indices, of which this process takes its contiguous share.
     groups = [trainer.processes.shard(trainer.order.take(train.batch_size * trainer.processes.world))
               for _ in range(count)]
