@@ -94,11 +94,12 @@ def advised_values(advice: dict) -> dict:
     return values
 
 
-def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run") -> str:
-    """`sdft-kit train` with a flag for every field that differs from the defaults."""
+def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run", columns: str | None = None) -> str:
+    """`sdft-kit train` with a flag for every field that differs from the defaults (and --columns, the data's
+    column mapping, when one was given)."""
     defaults = Config().to_dict()
     values = config.to_dict()
-    parts = ["sdft-kit", "train", "--data", data, "--out", out]
+    parts = ["sdft-kit", "train", "--data", data, *(["--columns", columns] if columns else []), "--out", out]
     for section, f in fields_by_section():
         value = values[section][f.name]
         if value == defaults[section][f.name]:
