@@ -528,13 +528,15 @@ def chat_tab(page: Page) -> SimpleNamespace:
 
 
 def export_tab(page: Page) -> SimpleNamespace:
-    """5 · Export: the adapter (PEFT, with its model card) or the merged model in 16-bit, as a zip to download,
+    """5 · Export: the adapter (PEFT, with its model card), the merged model in 16-bit or as GGUF with an Ollama
+    Modelfile, as a zip to download,
     or the adapter pushed to the Hugging Face Hub."""
     with gr.Tab("5 · Export") as tab:
         run = gr.Dropdown([], label="Run", allow_custom_value=True)
         with gr.Row():
             adapter = gr.Button("Adapter (.zip, PEFT format, with its model card)", variant="primary")
             merged = gr.Button("Merged model (.zip, bfloat16)")
+            gguf = gr.Button("GGUF + Ollama Modelfile (.zip, q8_0)")
         note = gr.HTML()
         file = gr.File(label="Download", interactive=False)
         gr.Markdown("**Push the adapter to the Hugging Face Hub** (its model card names the real base model)")
@@ -545,10 +547,12 @@ def export_tab(page: Page) -> SimpleNamespace:
         push = gr.Button("Push to the Hub")
         pushed = gr.HTML()
 
-    def on_export(worker, name, as_merged):
+    def on_export(worker, name, kind):
+        exports = {"adapter": logic.export_adapter_zip, "merged": logic.export_merged_zip,
+                   "gguf": logic.export_gguf_zip}
         try:
             run_dir = worker.run_path(name)
-            path = (logic.export_merged_zip if as_merged else logic.export_adapter_zip)(run_dir, page.export_dir)
+            path = exports[kind](run_dir, page.export_dir)
         except (ValueError, RuntimeError, OSError) as err:
             return _error(str(err)), None
         return f"✓ {path.name} ({path.stat().st_size / 2**20:.1f} MB) is ready below.", str(path)
@@ -560,10 +564,12 @@ def export_tab(page: Page) -> SimpleNamespace:
             return _error(str(err))
         return f"✓ pushed to {html.escape(url)}"
 
-    adapter.click(lambda worker, name: on_export(worker, name, False), [page.worker, run], [note, file],
+    adapter.click(lambda worker, name: on_export(worker, name, "adapter"), [page.worker, run], [note, file],
                   api_name="export_adapter")
-    merged.click(lambda worker, name: on_export(worker, name, True), [page.worker, run], [note, file],
+    merged.click(lambda worker, name: on_export(worker, name, "merged"), [page.worker, run], [note, file],
                  api_name="export_merged")
+    gguf.click(lambda worker, name: on_export(worker, name, "gguf"), [page.worker, run], [note, file],
+               api_name="export_gguf")
     push.click(on_push, [page.worker, run, repo, token, private], pushed, api_name="push")
     return SimpleNamespace(tab=tab, run=run)
 

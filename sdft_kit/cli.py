@@ -419,15 +419,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """A run's adapter (with its model card) as a folder to share, or base + adapter merged in 16-bit."""
+    """A run's adapter (with its model card) as a folder to share, base + adapter merged in 16-bit, or merged
+    as GGUF with an Ollama Modelfile."""
     from .export import export_adapter, export_merged
 
-    if args.merged:
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.merged or args.format == "merged":
         print(f"merging {args.run} into its base in {args.dtype}...", flush=True)
         out = export_merged(args.run, args.out, args.dtype)
     else:
         out = export_adapter(args.run, args.out)
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    from .gguf_export import export_gguf
+
+    types = tuple(t.strip() for t in args.quant.split(",") if t.strip())
+    print(f"merging {args.run} into its base and writing GGUF ({', '.join(types)})...", flush=True)
+    result = export_gguf(args.run, args.out, types, verify=args.verify)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for gguf_type, gap in result.gaps.items():
+        print(f"verified model-{gguf_type}.gguf: loaded back with transformers' GGUF loader, largest next-token "
+              f"log-prob difference to the merged model {gap:.2e}")
+    print(f"exported to {result.folder}: " + ", ".join(sorted(p.name for p in result.folder.iterdir()))
+          + f"\nwith Ollama: ollama create my-model -f {result.folder / 'Modelfile'} && ollama run my-model")
 
 
 def cmd_push(args: argparse.Namespace) -> None:
@@ -561,10 +579,18 @@ def make_parser() -> argparse.ArgumentParser:
     obj.add_argument("--out", help="folder to write objectives.json and objectives.html to")
     obj.set_defaults(func=cmd_objectives)
 
-    export = sub.add_parser("export", help="a run's adapter with its model card, or the merged model in 16-bit")
+    export = sub.add_parser("export", help="a run's adapter with its model card, the merged model in 16-bit, or "
+                                           "the merged model as GGUF with an Ollama Modelfile")
     export.add_argument("--run", required=True, help="run directory (holds config.yaml and adapter/)")
     export.add_argument("--out", required=True, help="folder to write (must be new or empty)")
-    export.add_argument("--merged", action="store_true", help="merge the adapter into its base (safetensors)")
+    export.add_argument("--format", choices=("adapter", "merged", "gguf"), default="adapter",
+                        help="adapter (PEFT, with its model card), merged (safetensors, --dtype) or gguf (llama.cpp / "
+                             "Ollama: model-<quant>.gguf and a Modelfile)")
+    export.add_argument("--merged", action="store_true", help="the same as --format merged")
+    export.add_argument("--quant", default="q8_0", help="with --format gguf: f16, q8_0 or both (f16,q8_0)")
+    export.add_argument("--verify", action="store_true",
+                        help="with --format gguf: load each file back (transformers' GGUF loader) and print its "
+                             "largest next-token log-prob difference to the merged model")
     export.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
                         help="weights of the merged model (a 4-bit run is merged into a 16-bit copy of its base)")
     export.set_defaults(func=cmd_export)

@@ -401,3 +401,14 @@ def test_merged_export_matches_base_plus_adapter(tmp_path):
     (tmp_path / "again").mkdir()
     again = zipfile.ZipFile(logic.export_merged_zip(run_dir, tmp_path / "again"))
     assert load(again.read("merged/model.safetensors"))[name].dtype == torch.bfloat16
+
+
+def test_gguf_export_zip_holds_the_file_and_the_modelfile(tiny_model_dir, tmp_path):
+    from tiny_models import write_lora_run
+
+    run_dir = write_lora_run(tiny_model_dir("qwen3"), tmp_path / "runs" / "my-run", lora_r=4)
+    archive = zipfile.ZipFile(logic.export_gguf_zip(run_dir, tmp_path))
+    assert archive.filename.endswith("my-run-gguf.zip")
+    assert sorted(archive.namelist()) == ["gguf/Modelfile", "gguf/model-q8_0.gguf"]
+    assert archive.read("gguf/Modelfile").decode().startswith("FROM ./model-q8_0.gguf\nTEMPLATE")
+    assert archive.read("gguf/model-q8_0.gguf")[:4] == b"GGUF"
