@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,22 @@ def example_from_record(record: dict, where: str, columns: dict[str, str] | None
     if isinstance(system, str) and system.strip() and messages[0]["role"] != "system":
         messages = ({"role": "system", "content": system}, *messages)
     return Example(tuple(messages), demonstration, format=found.name)
+
+
+class DataOrder:
+    """Which examples come next: a seeded permutation of the examples per epoch, so a count of the examples
+    seen is all a resumed run needs to continue in the same order."""
+
+    def __init__(self, size: int, seed: int, seen: int = 0):
+        self.size, self.seed, self.seen = size, seed, seen
+
+    def peek(self, count: int) -> list[int]:
+        """The indices of the next `count` examples, without moving on."""
+        return [random.Random(self.seed * 100_003 + position // self.size).sample(range(self.size), self.size)
+                [position % self.size] for position in range(self.seen, self.seen + count)]
+
+    def take(self, count: int) -> list[int]:
+        """The indices of the next `count` examples; the order moves on past them."""
+        indices = self.peek(count)
+        self.seen += count
+        return indices

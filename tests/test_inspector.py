@@ -23,7 +23,7 @@ def tokenizer():
 
 
 def test_paper_template_prompts_differ_only_where_the_demonstration_goes(tokenizer, demo_examples):
-    inspection = inspect_prompts(tokenizer, demo_examples, Config(), context=CONTEXT)
+    inspection = inspect_prompts(tokenizer, demo_examples, Config().replace(template="paper"), context=CONTEXT)
     assert len(inspection.records) == len(demo_examples) and not inspection.errors and not inspection.warnings
     record = inspection.records[0]
     prefix, suffix = record.shared()
@@ -71,7 +71,7 @@ def test_too_long_prompts_are_errors_and_long_demonstrations_warnings(tokenizer)
 
 def test_a_missing_chat_template_is_an_error(tokenizer, demo_examples):
     tokenizer.chat_template = None
-    inspection = inspect_prompts(tokenizer, demo_examples, Config(), context=CONTEXT)
+    inspection = inspect_prompts(tokenizer, demo_examples, Config().replace(template="paper"), context=CONTEXT)
     assert [flag.kind for _, flag in inspection.errors] == ["template"]
 
 
