@@ -244,8 +244,11 @@ def data_tab(page: Page) -> SimpleNamespace:
         return (examples, data, app_data.data_status(examples, data.get("columns")), *views, examples[0].prompt,
                 examples[0].demonstration, page.command(data, *values))
 
-    def on_upload(data: bytes | None, *values_and_columns):
-        *values, columns_text = values_and_columns
+    # The mapping is kept in session state, so the HTTP API's load_data keeps its (file, *settings) signature.
+    columns_text = gr.State("")
+    columns.change(lambda text: text, columns, columns_text, api_name="set_columns", show_progress="hidden")
+
+    def on_upload(data: bytes | None, columns_text: str, *values):
         if data is None:
             command = page.command(DEFAULT_DATA, *values)
             return [], DEFAULT_DATA, "", "", None, 1, "", "", gr.skip(), gr.skip(), command
@@ -303,7 +306,7 @@ def data_tab(page: Page) -> SimpleNamespace:
                     api_name=False)
     # The outputs that live on other tabs (the Compare fields, the command) are wired in `build`.
     outputs = [page.examples, page.data_name, status, stats, table, page_number, pages, preview]
-    return SimpleNamespace(upload=upload, columns=columns, sample=sample, use_sample=use_sample, outputs=outputs,
+    return SimpleNamespace(upload=upload, columns=columns_text, sample=sample, use_sample=use_sample, outputs=outputs,
                            on_upload=on_upload, on_sample=on_sample, inputs=list(page.settings.values()))
 
 
@@ -592,7 +595,7 @@ def build(runs_dir: str = "runs", limits: Limits | None = None, threads: int = 1
 
         # Across tabs: loading data fills the Compare fields and the Train tab's command.
         outputs = [*data.outputs, compare.prompt, compare.demonstration, train.command]
-        data.upload.upload(data.on_upload, [data.upload, *data.inputs, data.columns], outputs, api_name="load_data")
+        data.upload.upload(data.on_upload, [data.upload, data.columns, *data.inputs], outputs, api_name="load_data")
         data.use_sample.click(data.on_sample, [data.sample, *data.inputs], [*outputs, data.upload],
                               api_name="load_sample")
         demo.load(page.command, [page.data_name, *data.inputs], train.command, api_name=False)
