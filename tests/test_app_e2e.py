@@ -162,6 +162,25 @@ def test_upload_train_chat_and_read_back_the_plots_over_http(app, tmp_path):
     assert len(updates) >= 3 and updates[-1] != "…" and updates[-1].startswith(updates[-2]), updates
 
 
+def test_uploads_name_their_format_and_a_column_mapping_reaches_the_command(app):
+    """Alpaca (a JSON array) is detected and named; a question/answer TSV loads once the mapping is set, and the
+    Train tab's equivalent command carries --data of the upload's kind and --columns."""
+    _, url, _, _ = app
+    client = gradio_client.Client(url, verbose=False)
+    files = ROOT / "tests" / "data_files"
+    status, *_, command = client.predict(gradio_client.handle_file(str(files / "alpaca.json")), *TINY,
+                                         api_name="/load_data")
+    assert "3 examples</b> loaded: Alpaca, 3 records; columns instruction+input -&gt; prompt" in status, status
+    assert command.startswith("sdft-kit train --data demos.json --out ") and "--columns" not in command
+    status, *_ = client.predict(gradio_client.handle_file(str(files / "qa.tsv")), *TINY, api_name="/load_data")
+    assert "TSV header has columns 'question', 'answer'" in status
+    client.predict("prompt=question,demonstration=answer", api_name="/set_columns")
+    status, *_, command = client.predict(gradio_client.handle_file(str(files / "qa.tsv")), *TINY,
+                                         api_name="/load_data")
+    assert "2 examples</b> loaded" in status and "(--columns)" in status, status
+    assert command.startswith("sdft-kit train --data demos.tsv --columns prompt=question,demonstration=answer --out ")
+
+
 def test_two_clients_are_two_sessions_that_see_only_their_own_runs(app):
     demo, url, runs, _ = app
     logic.wait_until_idle(timeout=300)  # one training at a time: let an earlier test's run finish
