@@ -81,7 +81,7 @@ class Trainer:
         self.config, self.examples = config, examples
         # Several processes (accelerate launch): each trains on its shard; process 0 alone writes the run.
         self.processes = launched_processes()
-        if self.processes.world > 1 and config.train.method == "sdft" and config.rollout.engine != "hf":
+        if self.processes.world > 1 and config.train.method == "sdft" and config.rollout.engine == "vllm":
             raise ValueError(f"rollout.engine '{config.rollout.engine}' runs in a single process for now; use "
                              "--engine hf with several processes")
         writes = out_dir is not None and self.processes.main
@@ -109,7 +109,6 @@ class Trainer:
             release_freed_memory()
         self.optimizer, self.scheduler = make_optimizer(model, train)
         self.teacher = make_teacher(config.teacher.teacher, model, ema_rate=config.teacher.ema_rate)
-        self.engine = make_engine(model, tokenizer, config.rollout) if train.method == "sdft" else None
         self.objective = sdft_objective if train.method == "sdft" else sft_objective
         self.selector = DemoSelector(self.examples, config.teacher.demo_selection, config.teacher.num_demos,
                                      train.seed)
@@ -118,6 +117,9 @@ class Trainer:
         self.inspection = inspect_prompts(tokenizer, self.examples, config, context=context_length(model.config))
         if self.inspection.errors:
             raise DataError(self.inspection.summary().removeprefix("error: "))
+        longest_prompt = max(len(record.student_ids) for record in self.inspection.records)  # sizes vLLM's KV cache
+        self.engine = (make_engine(model, tokenizer, config.rollout, sequences=train.batch_size,
+                                   longest_prompt=longest_prompt) if train.method == "sdft" else None)
         self.step, self.examples_seen, self.elapsed, self.saved_step = 0, 0, 0.0, 0
         if self.run is not None and resume:
             if self.run.checkpoint is not None:
@@ -251,6 +253,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
             "tokens": int(tokens),
+            "engine": self.engine.name if self.engine is not None else None,
             "processes": self.processes.world,
             "global_batch": cfg.train.batch_size * cfg.train.grad_accum * self.processes.world,
             "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
