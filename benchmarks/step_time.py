@@ -341,8 +341,8 @@ def summarise(steps: list[dict]) -> dict:
         "step_over_bound": spread([s["step_over_bound"] for s in bounds]) if bounds else None,
         "is_weight_mean": statistics.mean(weights) if weights else None,
         "peak_rss_mb": max(s["peak_rss_mb"] for s in steps),
-        "engine": engines and {**engines[-1], "sync_s": spread([e["sync_s"] for e in engines])
-                               if engines[-1]["sync_s"] is not None else None},
+        "engine": {**engines[-1], "sync_s": spread([e["sync_s"] for e in engines])
+                   if engines[-1]["sync_s"] is not None else None} if engines else None,
         "torch_threads": steps[-1]["threads"],
         "rounds": len(steps),
         **({"trl_version": steps[-1]["trl_version"]} if "trl_version" in steps[-1] else {}),
