@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,6 +93,54 @@ def fit(xs: list[float], ys: list[float]) -> dict:
             "loglog_slope": loglog.slope}
 
 
+def run_points(points: list[dict], args, env: dict, start: float) -> tuple[dict, list]:
+    """Each point in its own process, `args.jobs` at a time; the cheapest first (an interrupted run keeps the most points). Returns results by point, and the
+    points not measured (with why)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # points measured by an earlier, interrupted run (same --steps) are kept: the run resumes
+    partial = args.out.with_suffix(".partial.json")
+    measured = json.loads(partial.read_text()) if partial.is_file() else {}
+    measured = {k: v for k, v in measured.items() if v.get("steps") == args.steps}
+    dropped = []
+    lock = threading.Lock()
+
+    def one(point: dict) -> None:
+        name = json.dumps(point, sort_keys=True)
+        if name in measured:
+            return
+        if args.report_only:
+            dropped.append({**point, "why": "not measured in the time the run had"})
+            return
+        # fp32 weights, the student's copy only (LoRA's optimizer state is small), plus 1.5 GB of work space;
+        # the machine is shared: a point that does not fit is reported, not run
+        need = parameter_count(point["shape"]) * 4 / 2**20 + 1500
+        why = f"needs ~{need:.0f} MB, {available_mb():.0f} MB available" if need > available_mb() else None
+        if why is None:
+            try:
+                done = subprocess.run([sys.executable, __file__, "--point", json.dumps(point), "--steps",
+                                       str(args.steps)], capture_output=True, text=True, env=env, timeout=args.timeout)
+                if done.returncode == 0:
+                    with lock:
+                        measured[name] = json.loads(done.stdout.strip().splitlines()[-1])
+                        partial.write_text(json.dumps(measured, indent=1) + "\n")
+                    r = measured[name]
+                    print(f"{name}: {r['s_per_step']:.2f} s/step (CPU {r['cpu_s_per_step']:.2f} s), peak RSS "
+                          f"{r['peak_rss_mb']:.0f} MB [{time.perf_counter() - start:.0f} s]", flush=True)
+                    return
+                why = f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
+            except subprocess.TimeoutExpired:
+                why = f"no result within {args.timeout:.0f} s"
+        dropped.append({**point, "why": why})
+        print(f"{name}: NOT MEASURED ({why})", flush=True)
+
+    order = sorted(points, key=lambda p: (parameter_count(p["shape"]) * p["batch"] * (p["tokens"] if p["method"] ==
+                                                                                        "sdft" else 32)))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(one, order))
+    return measured, dropped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated, from {', '.join(SWEEPS)}")
@@ -99,6 +148,9 @@ def main() -> None:
     for sweep, (key, values) in SWEEPS.items():
         parser.add_argument(f"--{sweep}-values", default=",".join(map(str, values)), help=f"the {key} values of '{sweep}'")
     parser.add_argument("--steps", type=int, default=2, help="measured steps per point (after one warm-up step)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: fit and write what an interrupted run measured (its .partial.json)")
+    parser.add_argument("--jobs", type=int, default=1, help="points measured at once (each one thread)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a point may take before it is dropped")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--point", help=argparse.SUPPRESS)
@@ -108,45 +160,26 @@ def main() -> None:
         return
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    results, dropped, start = {}, [], time.perf_counter()
+    start = time.perf_counter()
+    wanted = []  # (sweep, method, point); a point shared by sweeps (the base) runs once
     for sweep in args.sweeps.split(","):
         key = SWEEPS[sweep][0]
         values = [v if key == "shape" else int(v) for v in getattr(args, f"{sweep}_values").split(",")]
         for method in args.methods.split(","):
-            # SFT's step does not depend on the completion length (it trains on the demonstrations)
-            chosen = [values[0], values[-1]] if (sweep, method) == ("length", "sft") else values
-            for value in chosen:
-                point = {**BASE, key: value, "method": method}
-                # fp32 weights, the student's copy only (LoRA's optimizer state is small), plus 1.5 GB of work space;
-                # the machine is shared: a point that does not fit is reported, not run
-                need = parameter_count(point["shape"]) * 4 / 2**20 + 1500
-                if need > available_mb():
-                    why = f"needs ~{need:.0f} MB, {available_mb():.0f} MB available"
-                    dropped.append({**point, "why": why})
-                    print(f"{sweep} {method} {key}={value}: NOT MEASURED ({why})", flush=True)
-                    continue
-                try:
-                    done = subprocess.run([sys.executable, __file__, "--point", json.dumps(point),
-                                           "--steps", str(args.steps)], capture_output=True, text=True, env=env,
-                                          timeout=args.timeout)
-                    line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else None
-                except subprocess.TimeoutExpired:
-                    line, done = None, None
-                if line is None:
-                    why = f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}" if done else "timed out"
-                    dropped.append({**point, "why": why})
-                    print(f"{sweep} {method} {key}={value}: NOT MEASURED ({why})", flush=True)
-                    continue
-                result = json.loads(line)
-                results.setdefault(sweep, {}).setdefault(method, []).append(result)
-                print(f"{sweep} {method} {key}={value}: {result['s_per_step']:.2f} s/step "
-                      f"(CPU {result['cpu_s_per_step']:.2f} s), peak RSS {result['peak_rss_mb']:.0f} MB "
-                      f"[{time.perf_counter() - start:.0f} s]", flush=True)
+            # SFT's step does not depend on the completion length (it trains on the demonstrations): the base only
+            for value in ([BASE[key]] if (sweep, method) == ("length", "sft") else values):
+                wanted.append((sweep, method, {**BASE, key: value, "method": method}))
+    unique = list({json.dumps(p, sort_keys=True): p for _, _, p in wanted}.values())
+    measured, dropped = run_points(unique, args, env, start)
+    results = {}
+    for sweep, method, point in wanted:
+        if json.dumps(point, sort_keys=True) in measured:
+            results.setdefault(sweep, {}).setdefault(method, []).append(measured[json.dumps(point, sort_keys=True)])
     fits = {}
     for sweep, methods in results.items():
         key = SWEEPS[sweep][0]
         for method, points in methods.items():
-            if len(points) < 2:
+            if len({p[key] for p in points}) < 2:
                 continue
             xs = [parameter_count(p["shape"]) / 1e6 if key == "shape" else p[key] for p in points]
             fits[f"{sweep}/{method}"] = {"x": "parameters (millions)" if key == "shape" else key,
