@@ -100,7 +100,7 @@ def agreement(tokenizer_dir: str | None, device: str) -> dict:
         batch = demonstration_batch(tokenizer, [student_prompt(tokenizer, ex) for ex in data],
                                     [ex.demonstration for ex in data], torch.device(where))
         batch = batch.with_teacher_prompts(tokenizer, [teacher_prompt(tokenizer, ex, [ex.demonstration]) for ex in data])
-        teacher = make_teacher("base", copy_)
+        teacher = make_teacher(copy_, config.teacher)
         out = {}
         for name, objective in (("sdft", sdft_objective), ("sft", sft_objective)):
             copy_.zero_grad(set_to_none=True)

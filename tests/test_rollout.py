@@ -104,3 +104,21 @@ def test_make_engine_says_what_auto_picked_and_one_off_rollouts_use_hf(monkeypat
     monkeypatch.setattr(vllm_engine, "VLLMEngine", None)  # starting one would fail here
     batch = rollout(model, tokenizer, [student_prompt(tokenizer, demo_examples[0])], RolloutConfig(max_new_tokens=4))
     assert batch.completion_ids.shape == (1, 4) or batch.completion_mask.sum() <= 4
+
+
+def test_rollouts_for_several_steps_keep_the_samplers_logprobs(lora_model, demo_examples, one_thread):
+    from sdft_kit.batch import completion_logits
+
+    model, tokenizer = lora_model
+    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:2]]
+    assert rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=6)).sampler_logprobs is None  # on-policy
+    torch.manual_seed(0)
+    batch = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=10, temperature=0.7,
+                                                             steps_per_generation=2))
+    assert batch.sampler_logprobs.shape == batch.completion_ids.shape
+    with torch.no_grad():
+        logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
+    # what the loss computes for the student: log p(token) at the sampling temperature, from a full forward
+    full = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    counted = batch.completion_mask.bool()
+    torch.testing.assert_close(batch.sampler_logprobs[counted], full[counted], atol=1e-4, rtol=0)
