@@ -13,7 +13,7 @@ VLLM ?=
 VLLM_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm-cuda,vllm)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install install-vllm demo test bench app notebooks notebook-times strip clean
+.PHONY: install install-vllm demo test bench gpu-kit app notebooks notebook-times strip clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ test: install $(if $(VLLM),install-vllm)
 
 bench: install $(if $(VLLM),install-vllm)
 	$(PY) benchmarks/step_time.py
+
+# The carry folder for a lent GPU machine: wheels it lacks, a tokenizer, and the one command to run there
+# (benchmarks/gpu_kit.py; docs/performance.md, "The GPU check").
+gpu-kit: install
+	$(PY) benchmarks/gpu_kit.py
 
 app: install
 	$(VENV)/bin/python app.py

@@ -13,6 +13,9 @@ if "TRACKIO_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], True)
 for remote in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):
     os.environ.pop(remote, None)
+# rollout.engine 'auto' would start a vLLM engine (~15 s, ~0.7 GB) in every SDFT test where vLLM is
+# installed (CI installs it): the suite runs the hf engine unless a test names 'vllm' (or tests 'auto').
+os.environ["SDFT_KIT_AUTO_ENGINE"] = "hf"
 
 
 @pytest.fixture
