@@ -38,7 +38,7 @@ from .distributed import launched_processes, process_device
 from .driver import NonFiniteSteps
 from .inspector import inspect_prompts
 from .losses import chunk_shares
-from .methods import make_batch, method_of, next_batches
+from .methods import batches_per_call, make_batch, method_of, next_batches
 from .models import (add_lora, context_length, load_model, lora_parameters, peak_rss_mb, release_freed_memory,
                      set_threads)
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
@@ -114,10 +114,9 @@ class Trainer:
         if self.inspection.errors:
             raise DataError(self.inspection.summary().removeprefix("error: "))
         longest_prompt = max(len(record.student_ids) for record in self.inspection.records)  # sizes vLLM's KV cache
-        reuse = config.rollout.steps_per_generation > 1  # then one engine call samples that many steps' prompts
-        prompts_per_call = train.batch_size * (config.rollout.steps_per_generation * train.grad_accum if reuse else 1)
-        self.engine = (make_engine(model, tokenizer, config.rollout, sequences=prompts_per_call,
-                                   longest_prompt=longest_prompt) if self.method.batch == "rollout" else None)
+        self.engine = (make_engine(model, tokenizer, config.rollout, longest_prompt=longest_prompt,
+                                   sequences=train.batch_size * batches_per_call(config, self.method))
+                       if self.method.batch == "rollout" else None)
         self.order = DataOrder(len(self.examples), train.seed)  # the data position: order.seen
         self.pending: list[tuple[list[int], Completions]] = []  # rollouts sampled for the next micro-batches
         self.step, self.elapsed, self.saved_step = 0, 0.0, 0
