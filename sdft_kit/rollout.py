@@ -8,8 +8,8 @@ An engine has two methods: `sample(prompts, do_sample=True) -> Completions` and
 `after_step()`, called after every optimizer step (where an engine holding its own copy
 of the weights would sync them). Engines that sample from other weights than the
 student's record each sampled token's log-prob (`Completions.sampler_logprobs`) so the
-loss can correct for the mismatch. Adding an engine: a class here (or its own module),
-its name in config.Engine, a branch in `make_engine`.
+loss can correct for the mismatch. Adding an engine: a class with the two methods of
+`RolloutEngine` here (or in its own module), its name in config.Engine, a branch in `make_engine`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .batch import Completions, eos_ids, mask_after_eos, tokenize_prompts
 from .config import ENGINES, RolloutConfig
+from .distributed import world_size
 from .models import eval_mode, is_quantized
 
 
@@ -95,6 +96,9 @@ def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig
     if config.engine == "hf":
         return HFEngine(model, tokenizer, config)
     if config.engine == "vllm":
+        if world_size() > 1:
+            raise ValueError("rollout.engine 'vllm' runs in a single process for now; use --engine hf with several "
+                             "processes")
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(model, tokenizer, config)

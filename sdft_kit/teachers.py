@@ -8,24 +8,35 @@ The three kinds of `teacher.teacher` are views of the one model in memory, never
     base  the adapter disabled (the frozen starting model);
     ema   the adapter's weights swapped for their exponential moving average (the paper's);
     live  the current student itself, without gradient.
-Only the LoRA tensors are ever copied (for the EMA), a few MB at most. `ModelTeacher`
-wraps a separate model (e.g. a larger one sharing the tokenizer) for callers who build it.
-Adding a kind: a class here, its name in config.TeacherKind, a branch in `make_teacher`.
+Only the LoRA tensors are ever copied (for the EMA), a few MB at most.
+Adding a kind: a class here with the four methods of `Teacher`, its name in config.TeacherKind, a branch
+in `make_teacher`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
-from .config import TEACHER_KINDS
+from .config import TEACHER_KINDS, TeacherConfig
 from .models import lora_parameters
 
 
-class BaseTeacher:
-    """The starting model: the student with its adapter disabled."""
+class Teacher(Protocol):
+    def view(self) -> contextlib.AbstractContextManager[torch.nn.Module]: ...
+
+    def after_step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class FrozenTeacher:
+    """The starting model (kind 'base'): the student with its adapter disabled."""
 
     def __init__(self, model):
         self.model = model
@@ -45,7 +56,7 @@ class BaseTeacher:
         pass
 
 
-class LiveTeacher(BaseTeacher):
+class LiveTeacher(FrozenTeacher):
     """The current student itself (unstable in the paper's ablation; here for comparison)."""
 
     @contextlib.contextmanager
@@ -53,15 +64,7 @@ class LiveTeacher(BaseTeacher):
         yield self.model
 
 
-class ModelTeacher(BaseTeacher):
-    """A separate, frozen model as the teacher. It must share the student's tokenizer (vocabulary)."""
-
-    @contextlib.contextmanager
-    def view(self) -> Iterator[torch.nn.Module]:
-        yield self.model
-
-
-class EMATeacher(BaseTeacher):
+class EMATeacher(FrozenTeacher):
     """An exponential moving average of the adapter, swapped in for teacher passes."""
 
     def __init__(self, model, rate: float = 0.01):
@@ -94,15 +97,13 @@ class EMATeacher(BaseTeacher):
             self.shadow[name].copy_(tensor)
 
 
-Teacher = BaseTeacher  # every teacher has BaseTeacher's four methods
-
-
-def make_teacher(kind: str, model, *, ema_rate: float = 0.01) -> Teacher:
-    """The teacher of the given kind (one of config.TEACHER_KINDS) over the student `model`."""
-    if kind == "base":
-        return BaseTeacher(model)
-    if kind == "ema":
-        return EMATeacher(model, ema_rate)
-    if kind == "live":
+def make_teacher(model, config: TeacherConfig | None = None) -> Teacher:
+    """The teacher of `config.teacher` (one of config.TEACHER_KINDS) over the student `model`."""
+    config = config or TeacherConfig()
+    if config.teacher == "base":
+        return FrozenTeacher(model)
+    if config.teacher == "ema":
+        return EMATeacher(model, config.ema_rate)
+    if config.teacher == "live":
         return LiveTeacher(model)
-    raise ValueError(f"teacher must be one of {', '.join(TEACHER_KINDS)}; got {kind!r}")
+    raise ValueError(f"teacher must be one of {', '.join(TEACHER_KINDS)}; got {config.teacher!r}")

@@ -7,7 +7,7 @@ import torch
 from sdft_kit import EMATeacher, add_lora, load_adapter, load_model, make_teacher
 from sdft_kit.demos import student_prompt, teacher_prompt
 from sdft_kit.batch import completion_logits, demonstration_batch, tokenize_prompts
-from sdft_kit.config import TEACHER_KINDS
+from sdft_kit.config import TEACHER_KINDS, TeacherConfig
 from sdft_kit.models import lora_parameters
 
 
@@ -58,7 +58,7 @@ def test_adapter_save_and_reload_give_identical_logits(lora_model, demo_examples
 
 def test_teacher_views_share_the_base_weights(lora_model, demo_examples):
     model, tokenizer = lora_model
-    teachers = {kind: make_teacher(kind, model, ema_rate=0.5) for kind in TEACHER_KINDS}
+    teachers = {kind: make_teacher(model, TeacherConfig(teacher=kind, ema_rate=0.5)) for kind in TEACHER_KINDS}
     ema = teachers["ema"]  # the EMA starts at the initial adapter...
     _perturb_adapter(model)  # ...and the student moves away from it
     base_params = {n: p for n, p in model.named_parameters() if "lora_" not in n}

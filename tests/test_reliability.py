@@ -6,6 +6,7 @@ The cases that kill, interrupt or race a training run `sdft-kit` in a subprocess
 model (see conftest.tiny_llama_dir): what is tested is the run machinery, not learning.
 """
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -252,7 +253,7 @@ def test_non_finite_steps_are_skipped_then_stop_training_keeping_the_last_good_c
             out.student.loss = out.student.loss * float("nan")
         return out
 
-    trainer.objective = objective
+    trainer.method = dataclasses.replace(trainer.method, objective=objective)
     steps = trainer.steps()
     with pytest.warns(RuntimeWarning, match=r"step 2: the loss or the gradients were not finite; skipped it"):
         records = [next(steps) for _ in range(3)]

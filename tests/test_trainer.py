@@ -18,7 +18,7 @@ def _kl_on(model, tokenizer, example, batch):
     """Forward KL(base teacher || student) on fixed completions, full vocabulary, no skip."""
     scored = batch.with_teacher_prompts(tokenizer, [teacher_prompt(tokenizer, example, [example.demonstration])]
                                         * batch.completion_ids.shape[0])
-    teacher = score_teacher(make_teacher("base", model), scored)
+    teacher = score_teacher(make_teacher(model), scored)
     with torch.no_grad():
         logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
     return float(sequence_mean(token_divergence(logits, teacher.logprobs, batch.completion_ids), batch.completion_mask))
@@ -31,7 +31,7 @@ def test_ten_sdft_steps_lower_the_kl_on_fixed_completions(lora_model, demo_examp
     fixed = rollout(model, tokenizer, [student_prompt(tokenizer, example)] * 4, RolloutConfig(max_new_tokens=16))
     before = _kl_on(model, tokenizer, example, fixed)
     config = Config().replace(steps=10, batch_size=2, max_new_tokens=16, teacher="base", learning_rate=1e-3,
-                              skip_first=0)
+                              skip_first=0, template="paper")  # the template _kl_on scores with
     records = Trainer(config, [example], model=model, tokenizer=tokenizer).train(progress=False)
     after = _kl_on(model, tokenizer, example, fixed)
     assert len(records) == 10
@@ -42,8 +42,8 @@ def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     model, tokenizer = lora_model
     config = Config().replace(steps=1, **TINY)
     trainer = Trainer(config, demo_examples, tmp_path / "run", model=model, tokenizer=tokenizer)
-    first = trainer.peek_indices()
-    assert trainer.peek_indices() == first and trainer.examples_seen == 0  # peeking does not move the data
+    first = trainer.order.peek(config.train.batch_size)
+    assert trainer.order.peek(config.train.batch_size) == first and trainer.order.seen == 0  # peeking does not move
     record = next(trainer.steps())
     assert record["sample"]["source"] == demo_examples[first[0]].source  # the batch peeked is the one trained
     assert record["step"] == 1 and record["steps"] == 1 and record["method"] == "sdft"
@@ -88,7 +88,7 @@ def test_resume_continues_step_count_and_optimizer_state(demo_examples, tmp_path
         if record["step"] == 2:
             break
     resumed = Trainer(config, demo_examples, tmp_path / "split", resume=True)
-    assert resumed.step == 2 and resumed.examples_seen == 4
+    assert resumed.step == 2 and resumed.order.seen == 4
     for saved, loaded in zip(first.optimizer.state.values(), resumed.optimizer.state.values()):
         assert int(loaded["step"]) == 2
         torch.testing.assert_close(loaded["exp_avg"], saved["exp_avg"])
