@@ -421,9 +421,16 @@ def train_tab(page: Page) -> SimpleNamespace:
     settings = list(s.values())
     for setting in settings:
         setting.change(page.command, [page.data_name, *settings], command, api_name=False, show_progress="hidden")
-    start.click(on_start, [page.worker, page.examples, *settings], [message, run], api_name="start")
+    def shown_status(worker):
+        return worker.status().markdown
+
+    # The status shows the first phase ("loading the model") as soon as Start or Resume returns, rather than
+    # at the timer's next tick, which a busy machine can hold back for seconds.
+    start.click(on_start, [page.worker, page.examples, *settings], [message, run], api_name="start").then(
+        shown_status, page.worker, status, api_name=False, show_progress="hidden")
     stop.click(on_stop, page.worker, message, api_name="stop")
-    resume.click(on_resume, [page.worker, run, s["steps"]], message, api_name="resume")
+    resume.click(on_resume, [page.worker, run, s["steps"]], message, api_name="resume").then(
+        shown_status, page.worker, status, api_name=False, show_progress="hidden")
     apply_advice.click(on_apply, page.worker, [message, *[s[name] for name in ADVISED]], api_name="apply_advice")
     gr.Timer(1.0).tick(poll, [page.worker, seen, metric], [status, curves_plot, strip_plot, detail_plot, position,
                                                           metric, apply_advice, seen],
