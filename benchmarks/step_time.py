@@ -97,6 +97,9 @@ def sdft_kit_steps(method: str, args: argparse.Namespace):
         model=args.model, method=kind, steps=10_000, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         lora_r=16, teacher=args.teacher, vocab=args.vocab, topk=args.topk, alpha=0.0, threads=args.threads,
         learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype, **ROLLOUTS.get(method, {}),
+        # set, not left to the defaults (which are now the measured preset's): the same settings as TRL's worker,
+        # and as a --baseline checkout from before the presets
+        template="paper", skip_first=3,
     )
     trainer = Trainer(Config().replace(**overrides), load_examples(SAMPLE_DATA))
     engine = trainer.engine
@@ -419,7 +422,7 @@ def main() -> None:
             methods.remove(method)
     names = {m: (m, None) for m in methods}
     if args.baseline:
-        names.update({f"{m} (baseline)": (m, args.baseline) for m in ("sdft", "sft") if m in methods})
+        names.update({f"{m} (baseline)": (m, args.baseline) for m in ("sdft", "sdft-hf", "sft") if m in methods})
     start = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     workers, dropped = [], {}
