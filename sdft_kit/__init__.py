@@ -31,7 +31,7 @@ _EXPORTS = {
     # `rollout` (the function) stays in sdft_kit.rollout, so the module name is not shadowed.
     "make_engine": "rollout",
     "score_teacher": "scoring",
-    "EMATeacher": "teachers", "make_teacher": "teachers",
+    "WeightEMATeacher": "teachers", "make_teacher": "teachers",
     "Trainer": "trainer",
     "demonstration_loss": "update", "distill_loss": "update",
 }
@@ -75,6 +75,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .records import StepRecord, load_records
     from .rollout import make_engine
     from .scoring import score_teacher
-    from .teachers import EMATeacher, make_teacher
+    from .teachers import WeightEMATeacher, make_teacher
     from .trainer import Trainer
     from .update import demonstration_loss, distill_loss

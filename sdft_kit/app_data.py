@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Config
 from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, example_from_record, load_examples
-from .demos import DemoSelector, student_prompt, teacher_prompt
+from .demos import DemoSelector, student_prompt, teacher_chat_template, teacher_prompt
 
 SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (same, as CSV)": SAMPLES_DIR / "demo.csv"}
 UPLOAD_NAME = "uploaded file"
@@ -186,10 +186,11 @@ def preview_rows(examples: list[Example], tokenizer, config: Config | None = Non
     at PREVIEW_CHARS for display) and their token counts."""
     config = config or Config()
     selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, config.train.seed)
+    chat_template = teacher_chat_template(tokenizer, config.teacher)
     rows = []
     for index, ex in enumerate(examples[:n]):
         student = student_prompt(tokenizer, ex)
-        teacher = teacher_prompt(tokenizer, ex, selector.demos_for(index), config.teacher.template)
+        teacher = teacher_prompt(tokenizer, ex, selector.demos_for(index), config.teacher.template, chat_template)
         rows.append({
             "source": ex.source, "student_prompt": _shown(student), "teacher_prompt": _shown(teacher),
             "demonstration": _shown(ex.demonstration),

@@ -79,8 +79,12 @@ def _settings(config: Config) -> list[tuple[str, str]]:
         divergence = {0.0: "forward KL(teacher ‖ student)", 1.0: "reverse KL"}.get(c.loss.alpha,
                                                                                      f"JSD, alpha {c.loss.alpha:g}")
         vocab = f"top-{c.loss.topk} + tail" if c.loss.vocab == "topk" else c.loss.vocab
-        settings[1:1] = [("teacher", f"{c.teacher.teacher}" + (f" (rate {c.teacher.ema_rate:g})"
-                                                               if c.teacher.teacher == "ema" else "")),
+        t = c.teacher
+        shape = f"rank {t.ema_rank} x r" if t.ema_rank else "dense"
+        anchor = f", anchor {t.anchor:g}" if t.anchor else ""
+        ema = {"ema": f" (of the weights, rate {t.ema_rate:g}, {shape}{anchor})",
+               "factor_ema": f" (of the LoRA factors, rate {t.ema_rate:g})"}
+        settings[1:1] = [("teacher", c.teacher.teacher + ema.get(c.teacher.teacher, "")),
                          ("teacher template", f"{template_name}, demonstrations: {c.teacher.demo_selection}"),
                          ("divergence", f"{divergence} over the {vocab} vocabulary, first {c.loss.skip_first} "
                                         "tokens skipped"),

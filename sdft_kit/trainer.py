@@ -31,7 +31,7 @@ from .batch import Completions, demonstration_batch
 from .checkpoint import ADAPTER, CHECKPOINT, RunDir, newest_checkpoint
 from .config import Config
 from .data import DataError, Example, fingerprint
-from .demos import DemoSelector, student_prompt, teacher_prompt
+from .demos import DemoSelector, student_prompt, teacher_chat_template, teacher_prompt
 from .distributed import launched_processes, process_device
 from .losses import chunk_shares
 from .inspector import inspect_prompts
@@ -108,7 +108,8 @@ class Trainer:
         if train.release_memory and self.device.type == "cpu":
             release_freed_memory()
         self.optimizer, self.scheduler = make_optimizer(model, train)
-        self.teacher = make_teacher(config.teacher.teacher, model, ema_rate=config.teacher.ema_rate)
+        self.teacher = make_teacher(model, config.teacher)
+        self.teacher_chat_template = teacher_chat_template(tokenizer, config.teacher)
         self.engine = make_engine(model, tokenizer, config.rollout) if train.method == "sdft" else None
         self.objective = sdft_objective if train.method == "sdft" else sft_objective
         self.selector = DemoSelector(self.examples, config.teacher.demo_selection, config.teacher.num_demos,
@@ -153,7 +154,7 @@ class Trainer:
         batch = self.engine.sample(prompts)
         n = cfg.rollout.generations_per_prompt
         return batch.with_teacher_prompts(tokenizer, [
-            teacher_prompt(tokenizer, ex, self.selector.demos_for(i), cfg.teacher.template)
+            teacher_prompt(tokenizer, ex, self.selector.demos_for(i), cfg.teacher.template, self.teacher_chat_template)
             for i, ex in zip(indices, examples) for _ in range(n)])
 
     def _micro_batch(self, seconds: dict[str, float]) -> MicroBatch:
@@ -369,7 +370,14 @@ class Trainer:
         set_peft_model_state_dict(self.model, weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.teacher.load_state_dict(state.get("teacher", state.get("ema")) or {})  # "ema": older checkpoints
+        teacher_state = state.get("teacher", state.get("ema")) or {}  # "ema": older checkpoints
+        if self.config.teacher.teacher == "ema" and teacher_state and set(teacher_state) == set(
+                lora_parameters(self.model)):
+            # Saved before 'ema' meant the EMA of the weights: the run goes on with the factor EMA it started with.
+            warnings.warn(f"{checkpoint}: this run's 'ema' teacher averaged the LoRA factors (sdft-kit before the "
+                          "weight EMA); it continues as teacher 'factor_ema'", stacklevel=2)
+            self.teacher = make_teacher(self.model, replace(self.config.teacher, teacher="factor_ema"))
+        self.teacher.load_state_dict(teacher_state)
         torch.set_rng_state(state["rng"])
         self.step, self.examples_seen, self.elapsed = progress["step"], progress["examples_seen"], progress["elapsed_s"]
         self.saved_step = self.step

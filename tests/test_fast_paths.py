@@ -86,7 +86,7 @@ def test_16_bit_bases_are_not_merged_so_their_frozen_weights_stay_exact(demo_exa
 def test_importance_weights_are_capped_ratios_without_gradient():
     student = torch.tensor([[-1.0, -0.5, -3.0]], requires_grad=True)
     sampler = torch.tensor([[-1.0, -2.0, -2.0]])
-    weights = importance_weights(student, sampler, cap=2.0)
+    weights = importance_weights(student, sampler, cap=2.0, level="token")
     torch.testing.assert_close(weights, torch.tensor([[1.0, 2.0, torch.e ** -1.0]]))
     assert not weights.requires_grad
 

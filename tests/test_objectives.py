@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdft_kit.cli import main
-from sdft_kit.config import Config
+from sdft_kit.config import Config, TeacherConfig
 from sdft_kit.models import lora_parameters
 from sdft_kit.objectives import DIVERGENCES, objectives_on_example
 from sdft_kit.teachers import make_teacher
@@ -24,7 +24,7 @@ def test_the_papers_objective_is_the_training_loss_and_the_others_compare_to_it(
 
     # forward KL (alpha 0) over the full vocabulary = what training computes and backpropagates on the same batch
     config = Config().replace(teacher="base", topk=20)
-    training = sdft_objective(model, make_teacher("base", model), batch, config).student.loss
+    training = sdft_objective(model, make_teacher(model, TeacherConfig(teacher="base")), batch, config).student.loss
     training.backward()
     gradient = torch.cat([p.grad.flatten() for p in lora_parameters(model).values()]).double()
     paper = comparison.get("forward KL", "full")

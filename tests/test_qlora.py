@@ -13,7 +13,7 @@ pytest.importorskip("bitsandbytes")
 
 from sdft_kit import Config, ModelConfig, Trainer, add_lora, load_model, make_teacher  # noqa: E402
 from sdft_kit.batch import completion_logits, demonstration_batch  # noqa: E402
-from sdft_kit.config import TEACHER_KINDS  # noqa: E402
+from sdft_kit.config import TEACHER_KINDS, TeacherConfig  # noqa: E402
 from sdft_kit.demos import student_prompt  # noqa: E402
 from sdft_kit.models import lora_parameters  # noqa: E402
 from sdft_kit.rollout import RolloutConfig, rollout  # noqa: E402
@@ -35,7 +35,7 @@ def test_4bit_teacher_views_share_the_one_base_and_training_leaves_it_untouched(
     assert len(packed) == 210  # q, k, v, o, gate, up, down in 30 layers; the tied head stays float
     pointers = {name: w.data_ptr() for name, w in packed.items()}
     saved = {name: w.detach().clone() for name, w in packed.items()}
-    teachers = {kind: make_teacher(kind, model, ema_rate=0.5) for kind in TEACHER_KINDS}
+    teachers = {kind: make_teacher(model, TeacherConfig(teacher=kind, ema_rate=0.5)) for kind in TEACHER_KINDS}
     with torch.no_grad():
         for p in lora_parameters(model).values():
             p.add_(0.02)

@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
-from sdft_kit import Config, Trainer, load_records
+from sdft_kit import Config, TeacherConfig, Trainer, load_records
 from sdft_kit.demos import student_prompt, teacher_prompt
 from sdft_kit.losses import sequence_mean, token_divergence
 from sdft_kit.batch import completion_logits
 from sdft_kit.rollout import RolloutConfig, rollout
 from sdft_kit.scoring import score_teacher
-from sdft_kit.teachers import make_teacher
+from sdft_kit.teachers import FactorEMATeacher, make_teacher
 
 TINY = dict(batch_size=2, max_new_tokens=12, threads=0, save_every=1)
 
@@ -18,7 +18,7 @@ def _kl_on(model, tokenizer, example, batch):
     """Forward KL(base teacher || student) on fixed completions, full vocabulary, no skip."""
     scored = batch.with_teacher_prompts(tokenizer, [teacher_prompt(tokenizer, example, [example.demonstration])]
                                         * batch.completion_ids.shape[0])
-    teacher = score_teacher(make_teacher("base", model), scored)
+    teacher = score_teacher(make_teacher(model, TeacherConfig(teacher="base")), scored)
     with torch.no_grad():
         logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
     return float(sequence_mean(token_divergence(logits, teacher.logprobs, batch.completion_ids), batch.completion_mask))
@@ -101,13 +101,29 @@ def test_resume_continues_step_count_and_optimizer_state(demo_examples, tmp_path
 
 
 def test_resume_sdft_restores_ema_teacher(demo_examples, tmp_path):
-    config = Config().replace(steps=2, **TINY)
+    config = Config().replace(steps=2, teacher="ema", **TINY)
     first = Trainer(config, demo_examples, tmp_path / "run")
     next(first.steps())
     resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
-    for name, tensor in first.teacher.shadow.items():
-        torch.testing.assert_close(resumed.teacher.shadow[name], tensor, rtol=0, atol=0)
+    saved = first.teacher.state_dict()
+    assert saved and saved.keys() == resumed.teacher.state_dict().keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(resumed.teacher.state_dict()[name], tensor, rtol=0, atol=0)
     assert [r["step"] for r in resumed.train(progress=False)] == [2]
+
+
+def test_a_run_from_before_the_weight_ema_resumes_with_its_factor_ema(demo_examples, tmp_path):
+    """A checkpoint whose 'ema' teacher state holds averaged LoRA factors (sdft-kit before the weight EMA) goes on
+    with that teacher, under its old config, instead of failing or silently restarting the teacher."""
+    old = Config().replace(steps=2, teacher="factor_ema", **{**TINY, "threads": 1})
+    first = Trainer(old, demo_examples, tmp_path / "run")
+    next(first.steps())
+    (tmp_path / "run" / "config.yaml").write_text(old.replace(teacher="ema").to_yaml())  # what the old version wrote
+    with pytest.warns(UserWarning, match="continues as teacher 'factor_ema'"):
+        resumed = Trainer(old.replace(teacher="ema"), demo_examples, tmp_path / "run", resume=True)
+    assert isinstance(resumed.teacher, FactorEMATeacher)
+    for name, tensor in first.teacher.state_dict().items():
+        assert torch.equal(resumed.teacher.state_dict()[name], tensor)
 
 
 def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
