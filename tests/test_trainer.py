@@ -138,3 +138,19 @@ def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(Config().replace(steps=1, **TINY), demo_examples, tmp_path / "new", model=model,
                 tokenizer=tokenizer, resume=True)
+
+
+def test_a_thinking_teacher_over_a_non_thinking_student(tiny_model_dir, demo_examples, one_thread):
+    """teacher_thinking renders the teacher's prompts alone (OPSD's pairing); the inspector takes it as chosen."""
+    path = str(tiny_model_dir("qwen3"))
+    config = Config().replace(model=path, thinking="off", teacher_thinking="on", steps=1, batch_size=2,
+                              max_new_tokens=4, threads=1)
+    trainer = Trainer(config, demo_examples[:2])
+    batch = trainer.make_batch([0, 1])
+    empty_think = "<think>\n\n</think>\n\n"
+    tokenizer = trainer.tokenizer
+    for row in range(2):
+        student = tokenizer.decode(batch.prompt_ids[row][batch.prompt_mask[row].bool()])
+        teacher = tokenizer.decode(batch.teacher_prompt_ids[row][batch.teacher_prompt_mask[row].bool()])
+        assert student.endswith(empty_think) and not teacher.endswith(empty_think)
+    assert not [f for r in trainer.inspection.records for f in r.flags if f.kind == "thinking"]

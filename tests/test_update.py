@@ -105,6 +105,28 @@ def test_distill_loss_at_temperature_07_matches_a_float64_hand_computation(score
     assert loss == pytest.approx(expected, rel=1e-4)
 
 
+def test_kl_clip_reaches_the_training_loss(scored_rollouts):
+    """loss.kl_clip caps each vocabulary term of each token's KL (OPSD's 0.05), through score_teacher and distill_loss."""
+    model, _, _, batch = scored_rollouts
+    with torch.no_grad():
+        student = torch.log_softmax(completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch).double(), -1)
+        with model.disable_adapter():
+            teacher = torch.log_softmax(completion_logits(model, batch.teacher_prompt_ids, batch.teacher_prompt_mask,
+                                                          batch).double(), -1)
+    terms = teacher.exp() * (teacher - student)
+    mask = batch.completion_mask.clone()
+    mask[:, :3] = 0
+
+    def reduced(per_token):
+        return float(((per_token * mask).sum(-1) / mask.sum(-1)).mean())
+
+    loss, grads = _ours(model, batch, LossConfig(skip_first=3, kl_clip=0.05))
+    plain, plain_grads = _ours(model, batch, LossConfig(skip_first=3))
+    assert loss == pytest.approx(reduced(terms.clamp(max=0.05).sum(-1)), rel=1e-4)
+    assert plain == pytest.approx(reduced(terms.sum(-1)), rel=1e-4) and plain - loss > 0.05
+    assert _cosine(grads, plain_grads) < 0.999  # the capped terms no longer pull
+
+
 # --- TRL's SDFTTrainer on the same token ids ------------------------------------------------------
 
 
