@@ -12,8 +12,6 @@ errors come back at once. `from sdft_kit import Trainer` works as before.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -21,7 +19,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it
 _EXPORTS = {
     "Completions": "batch",
-    "chat": "chat", "generate_text": "chat",
+    "chat": "generation", "generate_text": "generation",
     "PAPER_TEMPLATE": "config", "Config": "config", "LossConfig": "config", "ModelConfig": "config",
     "RolloutConfig": "config", "TeacherConfig": "config", "TrainConfig": "config",
     "SAMPLE_DATA": "data", "DataError": "data", "Example": "data", "load_examples": "data",
@@ -32,6 +30,8 @@ _EXPORTS = {
     "make_engine": "rollout",
     "score_teacher": "scoring",
     "WeightEMATeacher": "teachers", "make_teacher": "teachers",
+    "METHODS": "methods", "Method": "methods",
+    "PRESETS": "config", "preset": "config",
     "Trainer": "trainer",
     "demonstration_loss": "update", "distill_loss": "update",
 }
@@ -51,23 +51,9 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-class _Package(types.ModuleType):
-    """Importing a submodule binds it as an attribute of the package: for sdft_kit.chat (the module),
-    that would hide chat (the function) from `from sdft_kit import chat`. Bind the function instead,
-    as the package's eager imports used to."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .batch import Completions
-    from .chat import chat, generate_text
+    from .generation import chat, generate_text
     from .config import PAPER_TEMPLATE, Config, LossConfig, ModelConfig, RolloutConfig, TeacherConfig, TrainConfig
     from .data import SAMPLE_DATA, DataError, Example, load_examples
     from .demos import DemoSelector, student_prompt, teacher_prompt
@@ -76,5 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .rollout import make_engine
     from .scoring import score_teacher
     from .teachers import WeightEMATeacher, make_teacher
+    from .methods import METHODS, Method
+    from .config import PRESETS, preset
     from .trainer import Trainer
     from .update import demonstration_loss, distill_loss

@@ -284,28 +284,15 @@ class TrainingWorker:
         self._thread.start()
 
     def _run(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
-        from .tracking import open_tracker
+        from .driver import train
         from .trainer import Trainer
 
         try:
             trainer = Trainer(config, examples, run_dir, resume=resume)
-            if config.train.method == "sdft" and not resume:
-                from .check import quick_check
-
-                self.phase = "checking the teacher on 8 records"
-                check = quick_check(trainer, progress=False)  # the page shows the phase instead
-                self.teacher_check, self.advice = check.summary(), check.settings  # shown under the status line
             self._records = load_records(run_dir)  # resume trims steps logged after the checkpoint
-            self.state, self._last_step_at = "training", time.time()
-            if self._stop.is_set():
-                trainer.stop()
-            with open_tracker(config, run_dir, resume=resume) as tracker:
-                for record in tracker.track(trainer.steps()):  # stopped, it ends after this step, checkpointed
-                    self._records = self._records + [record]
-                    self._last_step_at = time.time()
-                    if self._stop.is_set():
-                        trainer.stop()
-            self.state = "stopped" if trainer.step < trainer.config.train.steps else "done"
+            outcome = train(trainer, check=not resume, progress=False, stop=self._stop, on_phase=self._on_phase,
+                            on_check=self._on_check, on_record=self._on_record)
+            self.state = "stopped" if outcome.stopped else "done"
         except Exception as err:  # shown on the page; the app stays usable
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
             if not resume and not (run_dir / "metrics.jsonl").exists():  # nothing trained: keep no copy of the data
@@ -314,6 +301,19 @@ class TrainingWorker:
                 self.error += " (nothing was trained; the run folder was removed)"
         finally:
             _ONE_TRAINING.release()
+
+    def _on_phase(self, phase: str) -> None:
+        if phase == "training":
+            self.state, self._last_step_at = "training", time.time()
+        else:  # the teacher check: the page shows the phase instead of a bar
+            self.phase = phase
+
+    def _on_check(self, check) -> None:
+        self.teacher_check, self.advice = check.summary(), check.settings  # shown under the status line
+
+    def _on_record(self, record: StepRecord) -> None:
+        self._records = self._records + [record]
+        self._last_step_at = time.time()
 
 
 def run_config(run_dir: Path) -> Config:
@@ -374,7 +374,7 @@ def compare_answers(prompt: str, demonstration: str, model: str = "embedded", ru
     base shown the demonstration, with the run's template). No run or no demonstration gives None there.
     `seconds` holds what each part took (load, base, teacher, trained); `progress(fraction, phase)` is told
     each phase as it starts."""
-    from .chat import generate_text
+    from .generation import generate_text
     from .models import load_model
 
     if not prompt.strip():
@@ -433,7 +433,7 @@ def chat_answer(messages: list[dict], *, model: str = "embedded", run_dir: Path 
     """The answer to a conversation (ending with a user turn) as it grows, from the base model, a run's
     trained adapter (`run_dir`), or the teacher: the base model shown `demonstration` in the last user
     turn, framed by `template`."""
-    from .chat import stream_chat
+    from .generation import stream_chat
 
     if not messages or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
         raise ValueError("type a message first")

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .batch import mean_logprobs
-from .chat import generate_text
+from .generation import generate_text
 from .config import TEMPLATES
 from .data import Example
 from .demos import student_prompt, teacher_prompt

@@ -193,6 +193,43 @@ class RunDir:
         return final
 
 
+# -- a training state in a checkpoint folder --
+def write_state(folder: Path, model, optimizer, scheduler, teacher, progress: dict) -> None:
+    """Fill a checkpoint folder: the adapter (PEFT), the optimizer, scheduler, teacher and RNG states (state.pt),
+    and the data position and step (trainer_state.json). RunDir.save makes the folder whole."""
+    import torch
+
+    model.save_pretrained(folder / "adapter")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "teacher": teacher.state_dict(), "rng": torch.get_rng_state()}, folder / "state.pt")
+    (folder / "trainer_state.json").write_text(json.dumps(progress))
+
+
+def read_state(folder: Path, model, optimizer, scheduler, teacher) -> dict:
+    """Load a checkpoint folder written by write_state into these objects; returns its progress (step, ...).
+    A damaged folder raises ValueError with one line naming it."""
+    import pickle
+
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(folder / "adapter" / "adapter_model.safetensors")
+        state = torch.load(folder / "state.pt", weights_only=False)
+        progress = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{folder} cannot be read ({reason}): it is damaged; start a new run in another "
+                         "--out") from None
+    set_peft_model_state_dict(model, weights)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    teacher.load_state_dict(state.get("teacher", state.get("ema")) or {})  # "ema": older checkpoints
+    torch.set_rng_state(state["rng"])
+    return progress
+
+
 def mark_run(path: str | Path) -> Path:
     """Make `path` a run folder with no step yet, which a new Trainer may start in (the app prepares its runs so)."""
     path = Path(path)

@@ -12,19 +12,20 @@ import contextlib
 import dataclasses
 import io
 import os
-import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoint import RESUMABLE, newest_checkpoint
-from .config import Config, fields_by_section, flag
+from .config import PRESETS, Config, fields_by_section, flag, preset
 from .data import SAMPLE_DATA, DataError, load_examples
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    parser.add_argument("--preset", choices=list(PRESETS), help="named settings under --config and the flags: "
+                        "'default' (measured on the bundled sample, docs/instruments.md), 'workshop' (short runs "
+                        "on a CPU), 'paper' (the paper's teacher template, EMA teacher and loss)")
     for section, f in fields_by_section():
         if f.name in skip:
             continue
@@ -37,54 +38,13 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
 
 
 def build_config(args: argparse.Namespace, defaults: dict | None = None, base: Config | None = None) -> Config:
-    """The run's config: --config's YAML, else `base` (a resumed run's), else the defaults (with `defaults`
-    applied); then every flag given."""
-    config = Config.load(args.config) if args.config else base or Config().replace(**(defaults or {}))
+    """The run's config: `base` (a resumed run's), else --preset's (with `defaults` applied); then --config's
+    YAML over it; then every flag given."""
+    if base is None:
+        base = preset(getattr(args, "preset", None) or "default").replace(**(defaults or {}))
+    config = Config.load(args.config, base=base) if getattr(args, "config", None) else base
     overrides = {name: getattr(args, name) for _, f in fields_by_section() if hasattr(args, name := f.name)}
     return config.replace(**overrides)
-
-
-def _step_line(record: dict) -> str:
-    kl = "" if record["mean_kl"] is None else f"  mean KL {record['mean_kl']:.4f}"
-    s = record["seconds"]
-    return (f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
-            f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB")
-
-
-def _print_step(record: dict) -> None:
-    print(_step_line(record), flush=True)
-
-
-def _train_with_bar(trainer, tracker) -> None:
-    """Train, printing one line per step on stdout (for people and scripts) under a tqdm bar with
-    elapsed < remaining on stderr, and logging each record to the tracker."""
-    from tqdm.auto import tqdm
-
-    steps = trainer.config.train.steps
-    with tqdm(total=steps, initial=trainer.step, desc=trainer.config.train.method.upper(), unit="step",
-              file=sys.stderr, dynamic_ncols=True, disable=not trainer.processes.main) as bar:
-        for record in tracker.track(trainer.steps()):
-            bar.write(_step_line(record), file=sys.stdout)  # above the bar; stdout keeps one line per step
-            sys.stdout.flush()
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            bar.update(1)
-
-
-@contextlib.contextmanager
-def _stop_on_ctrl_c(trainer) -> Iterator[None]:
-    """Ctrl-C (or SIGTERM) once: finish the step under way, checkpoint it and stop. Twice: quit at once."""
-    def on_signal(signum, frame) -> None:
-        print("\nstopping after this step, with a checkpoint (Ctrl-C again quits at once)", file=sys.stderr, flush=True)
-        trainer.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -111,25 +71,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(trainer, args: argparse.Namespace, config: Config, out: Path) -> int:
+    from .driver import train
+
     if args.resume:
         print(f"resuming at step {trainer.step}" + ("" if trainer.step else " (no checkpoint yet: from the start)"))
     if trainer.inspection.warnings:
         print(trainer.inspection.summary() + "\n(see them with sdft-kit inspect)", file=sys.stderr, flush=True)
-    if config.train.method == "sdft" and not args.resume and not args.skip_check and trainer.processes.main:
-        from .check import quick_check
-
-        # A few seconds' look at whether the model can teach itself on this data.
-        check = quick_check(trainer)
-        print(check.summary() + f" (saved to {out / 'teacher_check.json'}; skip with --skip-check)\n", flush=True)
-    from .tracking import open_tracker
-
-    tracked = config if trainer.processes.main else config.replace(report_to="none")  # process 0 logs
-    with _stop_on_ctrl_c(trainer), open_tracker(tracked, out, resume=args.resume) as tracker:
-        _train_with_bar(trainer, tracker)
-    if trainer.step < config.train.steps:  # stopped by Ctrl-C
-        kept = (f"the checkpoint of step {trainer.saved_step} is in {out / 'checkpoint'}; continue with --resume"
-                if trainer.saved_step else "no step was completed, so nothing is kept")
-        print(f"stopped after step {trainer.step}/{config.train.steps}: {kept}", file=sys.stderr)
+    # Before step 1 of SDFT: a few seconds' look at whether the model can teach itself on this data.
+    outcome = train(trainer, check=not args.skip_check, echo=True, catch_signals=True)
+    if outcome.stopped:  # by Ctrl-C
+        kept = (f"the checkpoint of step {outcome.saved_step} is in {out / 'checkpoint'}; continue with --resume"
+                if outcome.saved_step else "no step was completed, so nothing is kept")
+        print(f"stopped after step {outcome.step}/{config.train.steps}: {kept}", file=sys.stderr)
         return 130
     print(f"adapter saved to {out / 'adapter'} (with its model card, README.md); step records in "
           f"{out / 'metrics.jsonl'}")
@@ -145,7 +98,7 @@ def demo_metrics(model, tokenizer, examples, max_new_tokens: int = 40) -> dict:
     format: share of answers opening with DEMO_FORMAT, as the demonstrations do;
     similarity: mean ROUGE-L F1 of the answers to the demonstrations (check.similarity).
     """
-    from .chat import generate_text
+    from .generation import generate_text
     from .check import similarity
     from .demos import student_prompt
 
@@ -156,23 +109,20 @@ def demo_metrics(model, tokenizer, examples, max_new_tokens: int = 40) -> dict:
             "summary": f"{share:.0%} of answers open with '{DEMO_FORMAT}', ROUGE-L F1 to the demonstrations {mean:.3f}"}
 
 
-# The demo's settings, chosen by measurement over 3 seeds (docs/instruments.md, "The demo"):
-# the template whose teacher answers come closest to the demonstrations in the teacher check,
-# and skip_first 0, since the demonstrated form is the answer's first tokens ("Answer:").
-DEMO_SETTINGS = {"template": "system", "learning_rate": 1e-3, "skip_first": 0}
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
     """Embedded model + bundled data: the student's answers scored before and after SDFT, per-step loss in between."""
-    from .chat import generate_text
+    from .generation import generate_text
     from .demos import teacher_prompt
+    from .driver import train
     from .trainer import Trainer
 
     start = time.perf_counter()
     examples = load_examples(SAMPLE_DATA)
     scored = examples[:args.prompts] if args.prompts else examples
-    config = Config().replace(steps=args.steps, batch_size=4, max_new_tokens=48, teacher="base",
-                              threads=args.threads, save_every=args.steps, **DEMO_SETTINGS)
+    # The default preset (config.PRESETS: the 'system' template, lr 1e-3, skip_first 0, the base model as
+    # teacher), measured on this sample over 3 seeds (docs/instruments.md, "The demo").
+    config = Config().replace(steps=args.steps, batch_size=4, max_new_tokens=48, threads=args.threads,
+                              save_every=args.steps, report_to="none")
     out = Path(args.out) if args.out else None
     trainer = Trainer(config, examples, out)
     model, tokenizer = trainer.model, trainer.tokenizer
@@ -187,8 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     teacher = generate_text(model, tokenizer, [teacher_prompt(tokenizer, ex, [ex.demonstration], config.teacher.template)
                                                for ex in probe], max_new_tokens=40)
     print(f"before: {before['summary']}\n", flush=True)
-    for record in trainer.steps():
-        _print_step(record)
+    train(trainer, echo=True)
     after = demo_metrics(model, tokenizer, scored)
     for ex, b, t, a in zip(probe, before["answers"], teacher, after["answers"]):
         print(f"\nQ: {ex.prompt}\n  demonstration: {ex.demonstration}\n  student before:    {b}\n"
@@ -202,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .chat import chat
+    from .generation import chat
     from .config import ModelConfig
     from .models import adapter_base, load_adapter, load_model
 
@@ -228,7 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def _chat_in_terminal(model, tokenizer, first: str | None, max_new_tokens: int, settings: dict) -> None:
     """Multi-turn chat: each answer is printed as it is generated and kept in the conversation."""
-    from .chat import stream_chat
+    from .generation import stream_chat
 
     print("Type a message and press Enter. /reset starts over; an empty line, /exit or Ctrl-D ends.", flush=True)
     messages: list[dict] = []
@@ -534,12 +483,14 @@ def make_parser() -> argparse.ArgumentParser:
     obj.add_argument("--data", default=str(SAMPLE_DATA), help="JSONL or CSV of {prompt, demonstration} records")
     obj.add_argument("--example", type=int, default=0, help="which record (0-based)")
     obj.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
-    obj.add_argument("--template", default="paper", help="teacher template: paper, plain or system")
+    obj.add_argument("--template", default=Config().teacher.template, help="teacher template: system (the default "
+                     "preset's), paper or plain")
     obj.add_argument("--teacher", default="base", help="teacher kind: base, ema, factor_ema or live (at step 0 all "
                                                        "agree)")
     obj.add_argument("--max-new-tokens", type=int, default=48, help="length of the student's rollout")
     obj.add_argument("--topk", type=int, default=100, help="k of the top-k objectives")
-    obj.add_argument("--skip-first", type=int, default=3, help="completion tokens left out of every loss")
+    obj.add_argument("--skip-first", type=int, default=Config().loss.skip_first,
+                     help="completion tokens left out of every loss (the default preset's: 0; the paper's: 3)")
     obj.add_argument("--seed", type=int, default=0, help="seed of the rollout and the LoRA init")
     obj.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     obj.add_argument("--out", help="folder to write objectives.json and objectives.html to")

@@ -32,7 +32,8 @@ PLAIN_TEMPLATE = "{prompt}\n\n{demonstration}"  # TRL's default
 SYSTEM_TEMPLATE = "Here is an example of a good response to the user's next question:\n{demonstration}"
 TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": PLAIN_TEMPLATE, "system": SYSTEM_TEMPLATE}
 
-Method = Literal["sdft", "sft"]
+# The training methods: the names of sdft_kit.methods' table (its `register` adds new ones to this list).
+METHODS: list[str] = ["sdft", "sft"]
 # Who scores the student's tokens: see teachers.make_teacher.
 TeacherKind = Literal["ema", "base", "factor_ema", "live"]
 # The teacher prompts' thinking switch: 'same' as the student's (model.thinking), or its own.
@@ -51,7 +52,6 @@ Device = Literal["auto", "cpu", "cuda"]
 # Where step records are also logged: see tracking.open_tracker ('auto': trackio when installed, else none).
 ReportTo = Literal["auto", "trackio", "tensorboard", "wandb", "none"]
 
-METHODS: tuple[str, ...] = get_args(Method)
 TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
 ENGINES: tuple[str, ...] = get_args(Engine)
 DEMO_SELECTIONS: tuple[str, ...] = get_args(DemoSelection)
@@ -139,10 +139,10 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    teacher: TeacherKind = _help("ema", "teacher weights: 'ema' (the paper's: an EMA of the student's weights), 'base' "
-                                        "(adapter off, the frozen start), 'factor_ema' (EMA of the LoRA factors A and B "
-                                        "taken apart, not of the weights: sdft-kit's earlier 'ema', TRL's) or 'live' "
-                                        "(current student)", choices=TEACHER_KINDS)
+    teacher: TeacherKind = _help("base", "teacher weights: 'base' (adapter off, the frozen start; the default preset), "
+                                         "'ema' (the paper's: an EMA of the student's weights), 'factor_ema' (EMA of the "
+                                         "LoRA factors A and B taken apart, not of the weights: sdft-kit's earlier 'ema', "
+                                         "TRL's) or 'live' (current student)", choices=TEACHER_KINDS)
     ema_rate: float = _help(0.01, "EMA update: teacher = rate * student + (1 - rate) * teacher, after each step",
                              above=0, at_most=1)
     ema_rank: int = _help(2, "teacher 'ema': how each adapted layer keeps the EMA of its weight delta: 0 = dense "
@@ -157,8 +157,8 @@ class TeacherConfig:
                                                  "'retrieval' or 'random'", choices=DEMO_SELECTIONS)
     num_demos: int = _help(1, "how many demonstrations 'retrieval' and 'random' put in the teacher prompt",
                            at_least=1)
-    template: str = _help(PAPER_TEMPLATE, "teacher prompt: 'paper', 'plain', 'system' (see sdft-kit check-teacher) "
-                                          "or a text with {prompt} and {demonstration}")
+    template: str = _help("system", "teacher prompt: 'system' (the default preset), 'paper', 'plain' (see sdft-kit "
+                                    "check-teacher) or a text with {prompt} and {demonstration}")
     teacher_chat_template: str = _help("", "chat template for the teacher's prompts: '' = the student's (the "
                                            "tokenizer's), else a .jinja file or the template's text")
     teacher_thinking: TeacherThinking = _help("same", "the teacher prompts' thinking switch (Qwen3's "
@@ -182,6 +182,10 @@ class RolloutConfig:
     temperature: float = _help(1.0, "sampling temperature (paper: 1.0)", above=0)
     top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)", above=0, at_most=1)
     generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)", at_least=1)
+    steps_per_generation: int = _help(1, "optimizer steps whose rollouts one engine call samples together (as TRL "
+                                         "calls it): the later steps reuse them, each token weighted by "
+                                         "p_student_now / p_sampler (capped at loss.is_cap) for the policy having "
+                                         "moved. 1: every step samples its own (on-policy, the paper's)", at_least=1)
     max_context: int = _help(0, "tokens a prompt (student's or teacher's) plus max_new_tokens may take; 0: the "
                                 "model's context. Longer records stop the run before step 1 (see sdft-kit inspect)",
                              at_least=0)
@@ -223,9 +227,10 @@ class LossConfig:
                                   "top-k to sum to 1 (off: TRL's default, distillation_add_tail=False)")
     kl_clip: float = _help(0.0, "cap on each vocabulary term p*log(p/q) of a token's divergence (0: none; OPSD uses "
                                 "0.05): a term above it adds the cap and no gradient", at_least=0)
-    skip_first: int = _help(3, "completion tokens left out of the loss at the start (paper: 3)", at_least=0)
+    skip_first: int = _help(0, "completion tokens left out of the loss at the start (paper: 3)", at_least=0)
     is_cap: float = _help(2.0, "cap on each token's importance ratio p_student/p_sampler when rollouts come from other "
-                               "weights (rollout.engine 'vllm'), as the official code does (TRL's SDFT applies none)",
+                               "weights (rollout.engine 'vllm', or steps_per_generation > 1), as the official code "
+                               "does for vLLM (TRL's SDFT corrects reused rollouts only)",
                           at_least=1)
     is_level: ISLevel = _help("sequence", "importance weights for rollouts from other weights: 'sequence' = each "
                                           "sequence's capped ratios averaged over its loss tokens into one weight (the "
@@ -238,14 +243,14 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    method: Method = _help("sdft", "'sdft' (self-distillation) or 'sft' (baseline on the same data and LoRA)",
-                           choices=METHODS)
+    method: str = _help("sdft", "'sdft' (self-distillation) or 'sft' (baseline on the same data and LoRA); see "
+                                "sdft_kit.methods", choices=METHODS)
     steps: int = _help(50, "optimizer steps", at_least=1)
     batch_size: int = _help(4, "prompts per micro-batch", at_least=1)
     grad_accum: int = _help(1, "micro-batches per optimizer step", at_least=1)
     chunk_size: int = _help(1, "sequences per teacher/student pass (0 = whole batch): smaller saves memory, "
                                "same loss and gradients", at_least=0)
-    learning_rate: float = _help(5e-4, "AdamW learning rate (LoRA rates are ~10x full fine-tuning's)", above=0,
+    learning_rate: float = _help(1e-3, "AdamW learning rate (LoRA rates are ~10x full fine-tuning's)", above=0,
                                 at_most=1)
     warmup_ratio: float = _help(0.1, "share of steps with linear warm-up before the cosine decay", at_least=0,
                                below=1)
@@ -286,7 +291,9 @@ class Config:
         Path(path).write_text(self.to_yaml())
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "config") -> Config:
+    def from_dict(cls, data: dict, where: str = "config", base: Config | None = None) -> Config:
+        """The config of a mapping of sections (a YAML file's); a field it leaves out keeps `base`'s value
+        (default: the defaults)."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(data) - set(sections)
         if unknown:
@@ -294,12 +301,17 @@ class Config:
         built = {}
         for f in dataclasses.fields(cls):
             section_cls = type(getattr(cls(), f.name))
-            values = dict(data.get(f.name) or {})
+            given = data.get(f.name) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"{where}: section '{f.name}' must be a mapping of fields (e.g. '{f.name}:' then "
+                                 f"indented 'name: value' lines); got {given!r}")
+            given = dict(given)
             known = {x.name for x in dataclasses.fields(section_cls)}
             for old, new in RENAMED.items():
-                if old in values and new in known and new not in values:
-                    values[new] = {"exact": "hf"}.get(values[old], values[old])
-                    del values[old]
+                if old in given and new in known and new not in given:
+                    given[new] = {"exact": "hf"}.get(given[old], given[old])
+                    del given[old]
+            values = {**(dataclasses.asdict(getattr(base, f.name)) if base is not None else {}), **given}
             bad = set(values) - known
             if bad:
                 raise ValueError(f"{where}: unknown field(s) {sorted(bad)} in section '{f.name}'; known: {sorted(known)}")
@@ -310,7 +322,8 @@ class Config:
         return cls(**built)
 
     @classmethod
-    def load(cls, path: str | Path) -> Config:
+    def load(cls, path: str | Path, base: Config | None = None) -> Config:
+        """A YAML file's config; a field it leaves out keeps `base`'s value (default: the defaults)."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: config file not found")
@@ -326,7 +339,7 @@ class Config:
             raise ValueError(f"{path}: not a text file (UTF-8); save the config as plain text") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of sections (model:, train:, ...)")
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(data, where=str(path), base=base)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with flat field overrides, e.g. replace(lora_r=8, steps=10)."""
@@ -337,6 +350,28 @@ class Config:
                 raise ValueError(f"unknown config field {name!r}")
             data[owner[name]][name] = value
         return Config.from_dict(data)
+
+
+# Named settings, as overrides of the defaults (`--preset NAME`, the app's Preset menu). The defaults
+# themselves are the measured preset: docs/instruments.md section 3 (the teacher check and 3 seeds of
+# training on the bundled sample) supports the 'system' template, lr 1e-3 and skip_first 0 with the
+# base model as teacher; the paper's template pulled the student away from the demonstrations there.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # short runs a CPU finishes in a few minutes (a workshop, the app's first run)
+    "workshop": {"steps": 12, "batch_size": 2, "max_new_tokens": 48, "threads": 1},
+    # the paper's method (Shenfeld et al., 2026): its teacher prompt, EMA teacher, forward KL over the
+    # full vocabulary, the first 3 completion tokens skipped
+    "paper": {"template": "paper", "teacher": "ema", "ema_rate": 0.01, "alpha": 0.0, "vocab": "full",
+              "skip_first": 3, "temperature": 1.0, "top_p": 1.0},
+}
+
+
+def preset(name: str) -> Config:
+    """The config of a named preset (see PRESETS)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return Config().replace(**PRESETS[name])
 
 
 def fields_by_section() -> list[tuple[str, dataclasses.Field]]:

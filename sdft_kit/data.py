@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -272,3 +273,22 @@ def _dataset_records(source: Any) -> Records:
     for index, row in enumerate(source):
         # Arrow fills a field that other rows have with None; drop those so the row's own shape is matched.
         yield {k: v for k, v in row.items() if v is not None}, f"dataset row {index}", f"dataset[{index}]"
+
+
+class DataOrder:
+    """Which examples come next: a seeded permutation of the examples per epoch, so a count of the examples
+    seen is all a resumed run needs to continue in the same order."""
+
+    def __init__(self, size: int, seed: int, seen: int = 0):
+        self.size, self.seed, self.seen = size, seed, seen
+
+    def peek(self, count: int) -> list[int]:
+        """The indices of the next `count` examples, without moving on."""
+        return [random.Random(self.seed * 100_003 + position // self.size).sample(range(self.size), self.size)
+                [position % self.size] for position in range(self.seen, self.seen + count)]
+
+    def take(self, count: int) -> list[int]:
+        """The indices of the next `count` examples; the order moves on past them."""
+        indices = self.peek(count)
+        self.seen += count
+        return indices

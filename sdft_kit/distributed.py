@@ -80,9 +80,14 @@ class Processes:
         return self.state.device
 
 
+def world_size() -> int:
+    """How many training processes were launched (accelerate launch / torchrun set WORLD_SIZE); 1 in a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched_processes() -> Processes:
-    """The processes this one was launched among (accelerate launch / torchrun set WORLD_SIZE)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """The processes this one was launched among."""
+    if world_size() <= 1:
         return Processes()
     from accelerate import PartialState
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from .batch import mean_logprobs
-from .chat import generate_text
+from .generation import generate_text
 from .demos import render
 from .text import normalize, option_letter
 

@@ -66,14 +66,13 @@ def _new_out_dir(out_dir: str | Path) -> Path:
 
 def train_run(config: Config, task: Task, run_dir: Path, model, tokenizer, progress: bool) -> tuple[list[StepRecord], float]:
     """Train `model` on the task's train split into `run_dir`; returns the step records and the seconds taken."""
-    from .tracking import open_tracker
+    from .driver import train
     from .trainer import Trainer
 
     start = time.perf_counter()
     trainer = Trainer(config, task.train, run_dir, model=model, tokenizer=tokenizer)
-    with open_tracker(config, run_dir, name=f"{run_dir.parent.name}-{run_dir.name}") as tracker:
-        records = trainer.train(progress=progress, on_record=tracker.log)
-    return records, time.perf_counter() - start
+    outcome = train(trainer, progress=progress, tracker_name=f"{run_dir.parent.name}-{run_dir.name}")
+    return outcome.records, time.perf_counter() - start
 
 
 def compare(task: str | Task, config: Config, *, seeds: int = 1, out_dir: str | Path, eval_limit: int | None = None,

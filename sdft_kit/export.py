@@ -70,12 +70,16 @@ def _data_size(run_dir: Path) -> int | None:
 def _settings(config: Config) -> list[tuple[str, str]]:
     c, template = config, config.teacher.template
     template_name = next((name for name, text in TEMPLATES.items() if template in (name, text)), "custom")
-    settings = [("method", c.train.method), ("steps", c.train.steps),
+    from .methods import method_of
+
+    method = method_of(config)
+    settings = [("method", method.name), ("steps", c.train.steps),
                 ("prompts per step", c.train.batch_size * c.train.grad_accum),
                 ("learning rate", f"{c.train.learning_rate:g} (warm-up {c.train.warmup_ratio:g}, cosine)"),
                 ("LoRA", f"r {c.model.lora_r}, alpha {c.model.lora_alpha}, on {c.model.lora_target}"),
                 ("seed", c.train.seed)]
-    if c.train.method == "sdft":
+    extra = []
+    if method.uses_teacher:
         divergence = {0.0: "forward KL(teacher ‖ student)", 1.0: "reverse KL"}.get(c.loss.alpha,
                                                                                      f"JSD, alpha {c.loss.alpha:g}")
         vocab = f"top-{c.loss.topk} + tail" if c.loss.vocab == "topk" else c.loss.vocab
@@ -84,20 +88,25 @@ def _settings(config: Config) -> list[tuple[str, str]]:
         anchor = f", anchor {t.anchor:g}" if t.anchor else ""
         ema = {"ema": f" (of the weights, rate {t.ema_rate:g}, {shape}{anchor})",
                "factor_ema": f" (of the LoRA factors, rate {t.ema_rate:g})"}
-        settings[1:1] = [("teacher", c.teacher.teacher + ema.get(c.teacher.teacher, "")),
-                         ("teacher template", f"{template_name}, demonstrations: {c.teacher.demo_selection}"),
-                         ("divergence", f"{divergence} over the {vocab} vocabulary, first {c.loss.skip_first} "
-                                        "tokens skipped"),
-                         ("rollouts", f"{c.rollout.max_new_tokens} new tokens, temperature {c.rollout.temperature:g}, "
-                                      f"top-p {c.rollout.top_p:g}, engine {c.rollout.engine}")]
+        extra += [("teacher", c.teacher.teacher + ema.get(c.teacher.teacher, "")),
+                  ("teacher template", f"{template_name}, demonstrations: {c.teacher.demo_selection}"),
+                  ("divergence", f"{divergence} over the {vocab} vocabulary, first {c.loss.skip_first} "
+                                 "tokens skipped")]
+    if method.batch == "rollout":
+        extra += [("rollouts", f"{c.rollout.max_new_tokens} new tokens, temperature {c.rollout.temperature:g}, "
+                               f"top-p {c.rollout.top_p:g}, engine {c.rollout.engine}")]
+    settings[1:1] = extra
     return [(name, str(value)) for name, value in settings]
 
 
 def _metrics(records: list[dict]) -> list[tuple[str, str]]:
     if not records:
         return [("steps trained", "0")]
+    from .methods import METHODS
+
     first, last = records[0], records[-1]
-    loss = "KL to the teacher" if last.get("method") == "sdft" else "NLL of the demonstrations"
+    method = METHODS.get(last.get("method"))
+    loss = method.loss_name if method is not None else "the method's loss"
     rows = [("steps trained", f"{last['step']} of {last['steps']}"),
             (f"loss ({loss})", f"{first['loss']:.4f} at step {first['step']} → {last['loss']:.4f} at step "
                                f"{last['step']}")]
@@ -138,16 +147,16 @@ def model_card(run_dir: str | Path, *, examples: int | None = None, merged: str 
     base = base_model_name(config)
     examples = examples if examples is not None else _data_size(run_dir)
     where = "FOLDER_OR_REPO_ID"  # this folder, or the Hub repo it was pushed to
-    tags = ["sdft-kit", config.train.method, "self-distillation" if config.train.method == "sdft" else "sft"]
+    from .methods import method_of
+
+    method = method_of(config)
+    tags = ["sdft-kit", method.name, *method.tags]
     data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft",
                          pipeline_tag="text-generation", tags=tags + ([] if merged else ["lora"]),
                          training_examples=examples)
-    method = ("Self-Distillation Fine-Tuning (SDFT, Shenfeld et al., 2026): the model, shown an expert "
-              "demonstration, teaches itself on its own sampled answers" if config.train.method == "sdft" else
-              "supervised fine-tuning (SFT) on the demonstrations, sdft-kit's baseline")
     kind = f"{base} with a LoRA adapter merged in, saved in {merged}" if merged else f"A LoRA adapter for {base}"
     lines = [f"# {run_dir.name}", "", f"{kind}, trained with [sdft-kit](https://github.com/sdft-kit/sdft-kit) "
-             f"by {method}.", "", f"- **Base model:** [{base}](https://huggingface.co/{base})"]
+             f"by {method.description}.", "", f"- **Base model:** [{base}](https://huggingface.co/{base})"]
     if config.model.model == "embedded":
         lines.append(f"- **Base weights:** {GGUF_NOTE}")
     lines += [f"- **Training data:** {examples if examples is not None else 'an unrecorded number of'} "
@@ -202,6 +211,19 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     if not has_our_card(out):
         write_model_card(run_dir, out)
     return out
+
+
+def save_adapter(model, tokenizer, path: str | Path, run_dir: str | Path | None = None,
+                 examples: int | None = None) -> Path:
+    """The adapter in PEFT format with the tokenizer, naming its real base (the embedded model's Hub id, not a
+    cache path), and the run's model card when there is a run directory."""
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    name_real_base(path / "adapter_config.json")
+    if run_dir is not None:
+        write_model_card(run_dir, path, examples=examples)
+    return path
 
 
 def name_real_base(adapter_config: Path) -> None:

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from .config import Config
 from .data import Example
 from .demos import DemoSelector, render, student_messages, teacher_chat_template, teacher_messages
+from .methods import method_of
 
 THINK = "<think>"
 ROLE_WORDS = {"system", "user", "assistant", "model"}
@@ -165,6 +166,7 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
     limit = config.rollout.max_context or context
     where = "rollout.max_context" if config.rollout.max_context else "the model's context"
     budget = config.rollout.max_new_tokens
+    sft = method_of(config).batch == "demonstration"  # SFT trains on prompt + demonstration, no rollout
     selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, config.train.seed)
     if not tokenizer.chat_template:
         flag = Flag("error", "template", "the tokenizer has no chat template: use an instruct/chat model, or set "
@@ -182,7 +184,6 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
         check = PromptCheck(example.source or f"record {i}", ids["student"], ids["teacher"], demo,
                             tokenizer=tokenizer)
         # SFT trains on prompt + demonstration; SDFT's prompts need room for a max_new_tokens rollout.
-        sft = config.train.method == "sft"
         for side in ("student",) if sft else ("student", "teacher"):
             room, what = (demo, "its demonstration") if sft else (budget, "max_new_tokens for the answer")
             if limit and len(ids[side]) + room > limit:
@@ -197,7 +198,11 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
             check.flags.append(Flag("warning", "thinking", f"the chat template opens a {THINK} block for the "
                                     f"{opened} only; set thinking on or off (--thinking) so both sides match"))
         words = {side: _template_words(skeletons[side], tokenizer) for side in sides}
-        for side, other in (("student", "teacher"), ("teacher", "student")):
+        # The 'system' template replaces a chat template's default system prompt by design (demos.teacher_messages):
+        # the student's default system text missing on the teacher's side is expected there.
+        compared = (("teacher", "student"),) if config.teacher.template == "system" else \
+            (("student", "teacher"), ("teacher", "student"))
+        for side, other in compared:
             extra = sorted(words[side] - words[other])
             if extra:
                 check.flags.append(Flag("warning", "system", f"the {side}'s prompt has template text the {other}'s "

@@ -3,7 +3,7 @@
 Every combination of divergence (forward KL, reverse KL, JSD 0.5) and vocabulary (full, the
 teacher's top-k + tail, the sampled token + rest) is computed on the *same* student rollout and
 the same teacher scores, with the training code's own pieces (`score_teacher`,
-`logprob_divergence`, `sequence_mean`, `loss_mask`): for each, the loss, the norm of its gradient
+`logprob_divergence`, `sequence_mean`, the SDFT loss mask): for each, the loss, the norm of its gradient
 on the adapter, that gradient's cosine similarity to the paper's objective's, and where it pushes
 hardest (the norm of its gradient on the student's logits, per completion token).
 
@@ -32,7 +32,7 @@ from .models import lora_parameters
 from .rollout import rollout
 from .scoring import score_teacher
 from .teachers import Teacher, make_teacher
-from .update import loss_mask
+from .methods import SDFT
 
 DIVERGENCES = {"forward KL": 0.0, "reverse KL": 1.0, "JSD(0.5)": 0.5}  # name -> alpha (losses.divergence)
 PAPER = (0.0, "full")
@@ -116,12 +116,12 @@ def compare_objectives(model, tokenizer, teacher: Teacher, batch: Completions, *
     """Every divergence x vocabulary on one batch of rollouts (with teacher prompts), as the trainer computes it.
 
     The student's logits are computed once, with gradient; each objective's loss is then reduced
-    exactly as in training (`logprob_divergence`, `sequence_mean` over `loss_mask`) and
+    exactly as in training (`logprob_divergence`, `sequence_mean` over the SDFT loss mask) and
     differentiated with `torch.autograd.grad`, so the model's `.grad` fields are left untouched.
     ours: the loss settings to tag as 'ours' (default: LossConfig()).
     """
     ours = ours or LossConfig()
-    mask = loss_mask(batch, "sdft", LossConfig(skip_first=skip_first))
+    mask = SDFT.loss_mask(batch, LossConfig(skip_first=skip_first))
     params = list(lora_parameters(model).values())
     if not params:
         raise ValueError("the model has no trainable parameters: wrap it with add_lora() first")

@@ -15,7 +15,8 @@ of the base weights; only adapter-sized state is kept:
                 TRL's for PEFT): EMA(B) EMA(A) is not EMA(B A) (see docs/fidelity.md);
     live        the current student itself, without gradient.
 `anchor` pulls the weight EMA back toward the base after every update.
-Adding a kind: a class here, its name in config.TeacherKind, a branch in `make_teacher`.
+Adding a kind: a class here with the four methods of `Teacher`, its name in config.TeacherKind, a branch
+in `make_teacher`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@
         objective.student.loss.backward()
     optimizer_step(); teacher.after_step(); engine.after_step()
 
+What differs between methods (SDFT's rollouts and teacher, SFT's demonstrations) comes from the
+method's entry in methods.py; driver.py takes the steps to the end of a run (records, checkpoints,
+progress, stop); checkpoint.py keeps the run directory whole.
+
 A run directory holds config.yaml, metrics.jsonl (one JSON record per step, see
 records.py), adapter/ (PEFT format) and checkpoint/ (adapter + optimizer + scheduler +
 teacher state + data position) to resume from; checkpoint.py keeps it whole through
@@ -15,10 +19,7 @@ crashes, Ctrl-C and full disks, and locks it while a Trainer trains in it.
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
-import random
 import time
 import warnings
 from collections.abc import Iterator
@@ -27,20 +28,23 @@ from pathlib import Path
 
 import torch
 
-from .batch import Completions, demonstration_batch
-from .checkpoint import ADAPTER, CHECKPOINT, RunDir, newest_checkpoint
+from . import driver
+from .batch import Completions
+from .checkpoint import CHECKPOINT, RunDir, newest_checkpoint, read_state, write_state
 from .config import Config
-from .data import DataError, Example, fingerprint
-from .demos import DemoSelector, student_prompt, teacher_chat_template, teacher_prompt
+from .data import DataError, DataOrder, Example, fingerprint
+from .demos import DemoSelector, teacher_chat_template
 from .distributed import launched_processes, process_device
-from .losses import chunk_shares
+from .driver import NonFiniteSteps
 from .inspector import inspect_prompts
+from .losses import chunk_shares
+from .methods import make_batch, method_of, next_batches
 from .models import (add_lora, context_length, load_model, lora_parameters, peak_rss_mb, release_freed_memory,
                      set_threads)
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
 from .rollout import make_engine
 from .teachers import make_teacher
-from .update import loss_mask, make_optimizer, optimizer_step, sdft_objective, sft_objective
+from .update import make_optimizer, optimizer_step
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -63,10 +67,6 @@ class MicroBatch:
     sequences: int  # sequences with a token in the loss: the micro-batch's weight among processes
 
 
-class NonFiniteSteps(RuntimeError):
-    """Training stopped: `max_bad_steps` steps in a row had a non-finite loss or gradients."""
-
-
 class Trainer:
     """Holds the state of a run (model, optimizer, teacher, rollout engine, data position).
 
@@ -78,12 +78,9 @@ class Trainer:
                  model=None, tokenizer=None, resume: bool = False):
         if not examples:
             raise ValueError("no training examples")
-        self.config, self.examples = config, examples
+        self.config, self.examples, self.method = config, examples, method_of(config)
         # Several processes (accelerate launch): each trains on its shard; process 0 alone writes the run.
         self.processes = launched_processes()
-        if self.processes.world > 1 and config.train.method == "sdft" and config.rollout.engine != "hf":
-            raise ValueError(f"rollout.engine '{config.rollout.engine}' runs in a single process for now; use "
-                             "--engine hf with several processes")
         writes = out_dir is not None and self.processes.main
         self.run = RunDir.open(out_dir, config, fingerprint(examples), resume=resume) if writes else None
         self.processes.wait()  # process 0 has checked, locked and (on resume) recovered the run directory
@@ -110,8 +107,7 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(model, train)
         self.teacher = make_teacher(model, config.teacher)
         self.teacher_chat_template = teacher_chat_template(tokenizer, config.teacher)
-        self.engine = make_engine(model, tokenizer, config.rollout) if train.method == "sdft" else None
-        self.objective = sdft_objective if train.method == "sdft" else sft_objective
+        self.engine = make_engine(model, tokenizer, config.rollout) if self.method.batch == "rollout" else None
         self.selector = DemoSelector(self.examples, config.teacher.demo_selection, config.teacher.num_demos,
                                      train.seed)
         # Every record's prompts, before any step: a record over the model's context (a clear error now, not a
@@ -119,43 +115,28 @@ class Trainer:
         self.inspection = inspect_prompts(tokenizer, self.examples, config, context=context_length(model.config))
         if self.inspection.errors:
             raise DataError(self.inspection.summary().removeprefix("error: "))
-        self.step, self.examples_seen, self.elapsed, self.saved_step = 0, 0, 0.0, 0
+        self.order = DataOrder(len(self.examples), train.seed)  # the data position: order.seen
+        self.pending: list[tuple[list[int], Completions]] = []  # rollouts sampled for the next micro-batches
+        self.step, self.elapsed, self.saved_step = 0, 0.0, 0
         if self.run is not None and resume:
             if self.run.checkpoint is not None:
-                self._load_checkpoint(self.run.checkpoint)
+                self.load_checkpoint(self.run.checkpoint)
             self.run.trim_metrics(self.step)  # steps logged after the checkpoint are redone
         elif resume and self.out_dir is not None and (newest := newest_checkpoint(self.out_dir)) is not None:
-            self._load_checkpoint(newest[1])  # another process than 0: the checkpoint process 0 found
-
-    # -- data order: a seeded permutation per epoch, so resuming needs only a count --
-    def _next_indices(self, count: int) -> list[int]:
-        n = len(self.examples)
-        indices = []
-        for position in range(self.examples_seen, self.examples_seen + count):
-            order = random.Random(self.config.train.seed * 100_003 + position // n).sample(range(n), n)
-            indices.append(order[position % n])
-        self.examples_seen += count
-        return indices
-
-    def peek_indices(self) -> list[int]:
-        """The example indices of the next micro-batch, without moving the data position."""
-        seen = self.examples_seen
-        indices = self._next_indices(self.config.train.batch_size)
-        self.examples_seen = seen
-        return indices
+            self.load_checkpoint(newest[1])  # another process than 0: the checkpoint process 0 found
 
     def make_batch(self, indices: list[int]) -> Completions:
-        """The batch of these examples: SFT's demonstrations, or SDFT's rollouts with their teacher prompts."""
-        cfg, tokenizer = self.config, self.tokenizer
-        examples = [self.examples[i] for i in indices]
-        prompts = [student_prompt(tokenizer, ex) for ex in examples]
-        if self.engine is None:
-            return demonstration_batch(tokenizer, prompts, [ex.demonstration for ex in examples], self.device)
-        batch = self.engine.sample(prompts)
-        n = cfg.rollout.generations_per_prompt
-        return batch.with_teacher_prompts(tokenizer, [
-            teacher_prompt(tokenizer, ex, self.selector.demos_for(i), cfg.teacher.template, self.teacher_chat_template)
-            for i, ex in zip(indices, examples) for _ in range(n)])
+        """The batch of these examples, as the method makes it (SFT's demonstrations, SDFT's rollouts)."""
+        return make_batch(self, indices)
+
+    def _next_batch(self, seconds: dict[str, float]) -> tuple[list[int], Completions]:
+        """The next micro-batch's example indices and batch, from the batches `next_batches` sampled together."""
+        if not self.pending:
+            start = time.perf_counter()
+            self.pending = next_batches(self)
+            if self.engine is not None:
+                seconds["rollout"] += time.perf_counter() - start
+        return self.pending.pop(0)
 
     def _micro_batch(self, seconds: dict[str, float]) -> MicroBatch:
         """Forward and backward one micro-batch; adds each phase's time to `seconds`.
@@ -165,18 +146,13 @@ class Trainer:
         share of the batch (`chunk_shares`), which gives the whole batch's loss and gradients.
         """
         cfg = self.config
-        # The global batch's next indices, of which this process takes its contiguous share.
-        indices = self.processes.shard(self._next_indices(cfg.train.batch_size * self.processes.world))
-        start = time.perf_counter()
-        batch = self.make_batch(indices)
-        if self.engine is not None:
-            seconds["rollout"] += time.perf_counter() - start
+        indices, batch = self._next_batch(seconds)
         loss = divergence_sum = is_weight_sum = 0.0
         is_weight_count, sample = 0, None
-        mask = loss_mask(batch, cfg.train.method, cfg.loss)
+        mask = self.method.loss_mask(batch, cfg.loss)
         for rows, share in chunk_shares(mask, cfg.train.chunk_size):
             part = batch.select(rows)
-            out = self.objective(self.model, self.teacher, part, cfg)
+            out = self.method.objective(self.model, self.teacher, part, cfg)
             start = time.perf_counter()
             (out.student.loss * share / cfg.train.grad_accum).backward()
             seconds["teacher"] += out.seconds["teacher"]
@@ -205,11 +181,7 @@ class Trainer:
                 return record
             warnings.warn(f"step {self.step + 1}: the loss or the gradients were not finite; skipped it, the weights "
                           f"are unchanged ({bad} of at most {limit} in a row)", RuntimeWarning, stacklevel=2)
-        raise NonFiniteSteps(
-            f"training stopped at step {self.step + 1}: the loss or the gradients were not finite {limit} times in a "
-            f"row. The weights after step {self.step} are kept"
-            + (f" (checkpoint in {self.out_dir / CHECKPOINT})" if self.out_dir is not None and self.step else "")
-            + "; start a new run with a lower --learning-rate, or raise --max-bad-steps")
+        raise NonFiniteSteps.after(self.step, limit, self.run.path / CHECKPOINT if self.run and self.step else None)
 
     def _try_step(self) -> StepRecord | None:
         """One optimizer step and its record; None (nothing applied) if the loss or gradients are not finite."""
@@ -242,52 +214,23 @@ class Trainer:
         self.step += 1
         total = time.perf_counter() - start
         self.elapsed += total
-        return {
-            "step": self.step,
-            "steps": cfg.train.steps,
-            "method": cfg.train.method,
-            "loss": loss,
-            "mean_kl": divergence_sum / max(tokens, 1) if cfg.train.method == "sdft" else None,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
-            "tokens": int(tokens),
-            "processes": self.processes.world,
-            "global_batch": cfg.train.batch_size * cfg.train.grad_accum * self.processes.world,
-            "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
-            "elapsed_s": round(self.elapsed, 3),
-            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
-            "sample": parts[0].sample,
-        }
+        return {"step": self.step, "steps": cfg.train.steps, "method": self.method.name, "loss": loss,
+                "mean_kl": divergence_sum / max(tokens, 1) if self.method.uses_teacher else None, "lr": lr,
+                "grad_norm": grad_norm, "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
+                "tokens": int(tokens), "processes": self.processes.world,
+                "global_batch": cfg.train.batch_size * cfg.train.grad_accum * self.processes.world,
+                "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
+                "elapsed_s": round(self.elapsed, 3), "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+                "sample": parts[0].sample}
 
-    def steps(self) -> Iterator[StepRecord]:
-        """Train to `config.train.steps`, yielding each step's record as it is made.
+    def steps(self, instruments: list[driver.Instrument] | tuple = ()) -> Iterator[StepRecord]:
+        """Train to `config.train.steps`, yielding each step's record (see driver.steps: records, checkpoints)."""
+        return driver.steps(self, instruments)
 
-        With a run directory: each record is appended to metrics.jsonl, the state is checkpointed every
-        `save_every` steps, at the last step, when stopped (`stop()`) and before NonFiniteSteps is raised,
-        and the adapter is saved at the end. The run stays locked until the steps end.
-        """
-        train = self.config.train
-        if self.run is not None:
-            self.run.acquire()
-        try:
-            while self.step < train.steps and not self.processes.any(self.stop_requested):  # all stop together
-                try:
-                    record = self.train_step()
-                except NonFiniteSteps:
-                    self._checkpoint_if_behind()  # the last good state
-                    raise
-                if self.run is not None:
-                    self.run.append_record(record)
-                    if self.step % train.save_every == 0 or self.step == train.steps or self.stop_requested:
-                        self.save_checkpoint()
-                yield record
-            self._checkpoint_if_behind()  # stopped while the last record was being handled
-            if self.run is not None:
-                self.run.save(ADAPTER, self.save_adapter, self.step)
-        finally:
-            if self.run is not None:
-                self.run.release()
+    def train(self, progress: bool = True, on_record=None) -> list[StepRecord]:
+        """Run all steps with a progress bar (see driver.train); returns the records, each also given to
+        `on_record`."""
+        return driver.train(self, progress=progress, on_record=on_record).records
 
     def stop(self) -> None:
         """Make steps() stop after the step under way, with a checkpoint of it (safe to call from a signal handler)."""
@@ -299,85 +242,41 @@ class Trainer:
             self.run.release()
         self.processes.close()
 
-    def train(self, progress: bool = True, on_record=None) -> list[StepRecord]:
-        """Run all steps with a progress bar; returns the records (each also given to `on_record`, e.g. a tracker's log)."""
-        from tqdm.auto import tqdm
-
-        records = []
-        bar = tqdm(total=self.config.train.steps, initial=self.step, desc=self.config.train.method.upper(),
-                   disable=not progress)
-        for record in self.steps():
-            records.append(record)
-            if on_record is not None:
-                on_record(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            bar.update(1)
-        bar.close()
-        return records
-
     # -- saving and resuming --
-    def save_adapter(self, path: str | Path) -> Path:
-        """The adapter in PEFT format, naming its real base (the embedded model's Hub id, not a cache path),
-        with a model card written from the run when there is a run directory."""
-        from .export import name_real_base, write_model_card
-
-        path = Path(path)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        name_real_base(path / "adapter_config.json")
-        if self.out_dir is not None:
-            write_model_card(self.out_dir, path, examples=len(self.examples))
-        return path
-
     def save_checkpoint(self) -> Path:
-        """Write checkpoint/: adapter, optimizer, scheduler, teacher, RNG and data position (see checkpoint.py
-        for how a crash at any moment, or a full disk, leaves a complete checkpoint)."""
+        """Write checkpoint/ whole (checkpoint.write_state: adapter, optimizer, scheduler, teacher, RNG, data
+        position), so that a crash at any moment, or a full disk, leaves a complete checkpoint."""
         if self.run is None:
             raise ValueError("this Trainer has no run directory (out_dir) to save a checkpoint in")
-
-        def write(folder: Path) -> None:
-            self.model.save_pretrained(folder / "adapter")
-            torch.save({
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "teacher": self.teacher.state_dict(),
-                "rng": torch.get_rng_state(),
-            }, folder / "state.pt")
-            (folder / "trainer_state.json").write_text(json.dumps(
-                {"step": self.step, "examples_seen": self.examples_seen, "elapsed_s": self.elapsed}))
-
-        path = self.run.save(CHECKPOINT, write, self.step)
+        # Rollouts sampled for later steps are not kept: a resumed run samples them again, from its data position.
+        unused = len(self.pending) * self.config.train.batch_size * self.processes.world
+        progress = {"step": self.step, "examples_seen": self.order.seen - unused, "elapsed_s": self.elapsed}
+        path = self.run.save(CHECKPOINT, lambda folder: write_state(folder, self.model, self.optimizer,
+                                                                    self.scheduler, self.teacher, progress), self.step)
         self.saved_step = self.step
         return path
 
-    def _checkpoint_if_behind(self) -> None:
+    def checkpoint_if_behind(self) -> None:
         if self.run is not None and self.saved_step != self.step:
             self.save_checkpoint()
 
-    def _load_checkpoint(self, checkpoint: Path) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            weights = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
-            state = torch.load(checkpoint / "state.pt", weights_only=False)
-            progress = json.loads((checkpoint / "trainer_state.json").read_text())
-        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{checkpoint} cannot be read ({reason}): it is damaged; start a new run in another "
-                             "--out") from None
-        set_peft_model_state_dict(self.model, weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        teacher_state = state.get("teacher", state.get("ema")) or {}  # "ema": older checkpoints
-        if self.config.teacher.teacher == "ema" and teacher_state and set(teacher_state) == set(
-                lora_parameters(self.model)):
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        if self.config.teacher.teacher == "ema" and _holds_lora_factors(checkpoint, self.model):
             # Saved before 'ema' meant the EMA of the weights: the run goes on with the factor EMA it started with.
             warnings.warn(f"{checkpoint}: this run's 'ema' teacher averaged the LoRA factors (sdft-kit before the "
                           "weight EMA); it continues as teacher 'factor_ema'", stacklevel=2)
             self.teacher = make_teacher(self.model, replace(self.config.teacher, teacher="factor_ema"))
-        self.teacher.load_state_dict(teacher_state)
-        torch.set_rng_state(state["rng"])
-        self.step, self.examples_seen, self.elapsed = progress["step"], progress["examples_seen"], progress["elapsed_s"]
+        progress = read_state(checkpoint, self.model, self.optimizer, self.scheduler, self.teacher)
+        self.step, self.order.seen, self.elapsed = progress["step"], progress["examples_seen"], progress["elapsed_s"]
         self.saved_step = self.step
+
+
+def _holds_lora_factors(checkpoint: Path, model) -> bool:
+    """Whether a checkpoint's teacher state is the averaged LoRA factors (what 'ema' kept before it averaged the
+    weights). False for an unreadable one: read_state then says what is wrong with it."""
+    try:
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+    except Exception:  # noqa: BLE001 (read_state reports a damaged checkpoint in one line)
+        return False
+    teacher = state.get("teacher", state.get("ema")) or {}
+    return bool(teacher) and set(teacher) == set(lora_parameters(model))

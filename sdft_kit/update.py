@@ -6,7 +6,7 @@ Two objectives with one signature, `objective(model, teacher, batch, config) -> 
     sft_objective   cross-entropy of the demonstration, the baseline (`demonstration_loss`).
 Both work on the same `Completions` layout and return the loss with what the step records
 need, so the trainer, the records and the views treat both methods alike.
-Adding an objective: a function here with that signature, and its name in config.Method.
+Adding an objective: a function with that signature, in the entry of its method (methods.py).
 """
 
 from __future__ import annotations
@@ -45,11 +45,6 @@ class Objective:
     student: StudentScores
     teacher: TeacherScores | None
     seconds: dict[str, float] = field(default_factory=dict)  # 'teacher' and 'student' passes
-
-
-def loss_mask(batch: Completions, method: str, config: LossConfig) -> torch.Tensor:
-    """The completion tokens a method's loss counts: SDFT leaves out the first `skip_first`, SFT counts all."""
-    return skip_first(batch.completion_mask, config.skip_first) if method == "sdft" else batch.completion_mask
 
 
 def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
@@ -94,7 +89,7 @@ def distill_loss(model, batch: Completions, teacher: TeacherScores, config: Loss
     per_token = logprob_divergence(logprobs, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
                                    vocab=config.vocab, teacher_indices=teacher.indices, topk=config.topk,
                                    support=config.topk_support, tail=config.topk_tail, clip=config.kl_clip)
-    mask = loss_mask(batch, "sdft", config)
+    mask = skip_first(batch.completion_mask, config.skip_first)
     view = _student_view(logprobs, batch, record_k)
     weight = None
     if batch.sampler_logprobs is not None:
@@ -106,7 +101,7 @@ def distill_loss(model, batch: Completions, teacher: TeacherScores, config: Loss
 def demonstration_loss(model, batch: Completions, record_k: int = 5) -> StudentScores:
     """SFT: cross-entropy of the demonstration tokens given the student prompt."""
     logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-    mask = loss_mask(batch, "sft", LossConfig())  # every demonstration token
+    mask = batch.completion_mask  # every demonstration token
     loss, nll = sft_loss(logits, batch.completion_ids, mask)
     with torch.no_grad():
         logprobs = F.log_softmax(logits.float(), dim=-1)

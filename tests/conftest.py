@@ -85,3 +85,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def static_images():
+    """Needs kaleido and a Chrome/Chromium for the figures' static PNGs: skipped where they are missing,
+    a failure where SDFT_KIT_REQUIRE_STATIC_FIGURES is set (CI installs Debian's chromium)."""
+    from sdft_kit.figure_output import renderer
+
+    reason = renderer.unavailable()
+    if reason and os.environ.get("SDFT_KIT_REQUIRE_STATIC_FIGURES"):
+        pytest.fail(f"SDFT_KIT_REQUIRE_STATIC_FIGURES is set but static PNGs cannot be made: {reason}")
+    if reason:
+        pytest.skip(f"no static PNGs here: {reason}")

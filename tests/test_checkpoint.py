@@ -162,7 +162,7 @@ def test_resume_refuses_what_cannot_apply_and_records_what_can(tmp_path):
     RunDir.open(run, CONFIG, DATA, resume=False).release()
     with pytest.raises(ValueError) as error:
         RunDir.open(run, CONFIG.replace(lora_r=8, learning_rate=1.0, steps=7), DATA, resume=True)
-    assert "cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.0005 -> 1.0, --learning-rate)" in str(error.value)
+    assert "cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.001 -> 1.0, --learning-rate)" in str(error.value)
     with pytest.raises(ValueError, match=r"the data differs from what this run was trained on \(3 examples from "
                                          r"demo.jsonl\)"):
         RunDir.open(run, CONFIG, {**DATA, "sha256": "b" * 64}, resume=True)

@@ -6,6 +6,7 @@ The cases that kill, interrupt or race a training run `sdft-kit` in a subprocess
 model (see conftest.tiny_llama_dir): what is tested is the run machinery, not learning.
 """
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -74,7 +75,7 @@ def test_lock_ctrl_c_and_the_resume_rules(tmp_path, tiny_llama_dir, capsys):
     assert f"stopped after step {step}/500: the checkpoint of step {step} is in {run / 'checkpoint'}" in err
     assert _steps(run) == list(range(1, step + 1))
 
-    assert "--resume cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.0005 -> 1.0" in _main_error(
+    assert "--resume cannot change lora_r (16 -> 8, --lora-r), learning_rate (0.001 -> 1.0" in _main_error(
         capsys, "train", "--data", DATA, "--out", run, "--resume", "--lora-r", 8, "--learning-rate", 1.0)
     assert Config.load(run / "config.yaml").train.steps == 500
 
@@ -252,7 +253,7 @@ def test_non_finite_steps_are_skipped_then_stop_training_keeping_the_last_good_c
             out.student.loss = out.student.loss * float("nan")
         return out
 
-    trainer.objective = objective
+    trainer.method = dataclasses.replace(trainer.method, objective=objective)
     steps = trainer.steps()
     with pytest.warns(RuntimeWarning, match=r"step 2: the loss or the gradients were not finite; skipped it"):
         records = [next(steps) for _ in range(3)]

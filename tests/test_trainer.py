@@ -18,7 +18,7 @@ def _kl_on(model, tokenizer, example, batch):
     """Forward KL(base teacher || student) on fixed completions, full vocabulary, no skip."""
     scored = batch.with_teacher_prompts(tokenizer, [teacher_prompt(tokenizer, example, [example.demonstration])]
                                         * batch.completion_ids.shape[0])
-    teacher = score_teacher(make_teacher(model, TeacherConfig(teacher="base")), scored)
+    teacher = score_teacher(make_teacher(model), scored)
     with torch.no_grad():
         logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
     return float(sequence_mean(token_divergence(logits, teacher.logprobs, batch.completion_ids), batch.completion_mask))
@@ -31,7 +31,7 @@ def test_ten_sdft_steps_lower_the_kl_on_fixed_completions(lora_model, demo_examp
     fixed = rollout(model, tokenizer, [student_prompt(tokenizer, example)] * 4, RolloutConfig(max_new_tokens=16))
     before = _kl_on(model, tokenizer, example, fixed)
     config = Config().replace(steps=10, batch_size=2, max_new_tokens=16, teacher="base", learning_rate=1e-3,
-                              skip_first=0)
+                              skip_first=0, template="paper")  # the template _kl_on scores with
     records = Trainer(config, [example], model=model, tokenizer=tokenizer).train(progress=False)
     after = _kl_on(model, tokenizer, example, fixed)
     assert len(records) == 10
@@ -40,10 +40,10 @@ def test_ten_sdft_steps_lower_the_kl_on_fixed_completions(lora_model, demo_examp
 
 def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     model, tokenizer = lora_model
-    config = Config().replace(steps=1, **TINY)
+    config = Config().replace(steps=1, skip_first=3, **TINY)
     trainer = Trainer(config, demo_examples, tmp_path / "run", model=model, tokenizer=tokenizer)
-    first = trainer.peek_indices()
-    assert trainer.peek_indices() == first and trainer.examples_seen == 0  # peeking does not move the data
+    first = trainer.order.peek(config.train.batch_size)
+    assert trainer.order.peek(config.train.batch_size) == first and trainer.order.seen == 0  # peeking does not move
     record = next(trainer.steps())
     assert record["sample"]["source"] == demo_examples[first[0]].source  # the batch peeked is the one trained
     assert record["step"] == 1 and record["steps"] == 1 and record["method"] == "sdft"
@@ -55,7 +55,7 @@ def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     assert n > 0 and "".join(sample["tokens"]).strip()
     for key in ("token_ids", "values", "in_loss", "student_logprob", "teacher_logprob", "student_topk", "teacher_topk"):
         assert len(sample[key]) == n, key
-    assert sample["in_loss"][:3] == [0] * min(3, n)  # the first 3 tokens are skipped by default
+    assert sample["in_loss"][:3] == [0] * min(3, n)  # skip_first 3: the first 3 tokens are left out
     top = sample["teacher_topk"][0]
     assert len(top) == 5 and all(a[1] >= b[1] for a, b in zip(top, top[1:]))  # sorted by probability
     # the file holds exactly what was yielded
@@ -88,7 +88,7 @@ def test_resume_continues_step_count_and_optimizer_state(demo_examples, tmp_path
         if record["step"] == 2:
             break
     resumed = Trainer(config, demo_examples, tmp_path / "split", resume=True)
-    assert resumed.step == 2 and resumed.examples_seen == 4
+    assert resumed.step == 2 and resumed.order.seen == 4
     for saved, loaded in zip(first.optimizer.state.values(), resumed.optimizer.state.values()):
         assert int(loaded["step"]) == 2
         torch.testing.assert_close(loaded["exp_avg"], saved["exp_avg"])
@@ -154,3 +154,23 @@ def test_a_thinking_teacher_over_a_non_thinking_student(tiny_model_dir, demo_exa
         teacher = tokenizer.decode(batch.teacher_prompt_ids[row][batch.teacher_prompt_mask[row].bool()])
         assert student.endswith(empty_think) and not teacher.endswith(empty_think)
     assert not [f for r in trainer.inspection.records for f in r.flags if f.kind == "thinking"]
+
+
+def test_steps_per_generation_samples_once_for_several_steps_and_a_resume_samples_the_unused_again(
+        demo_examples, tmp_path, one_thread):
+    config = Config().replace(steps=4, steps_per_generation=2, **TINY)
+    trainer = Trainer(config, demo_examples, tmp_path / "run")
+    calls, sample = [], trainer.engine.sample
+    trainer.engine.sample = lambda prompts, **kw: calls.append(len(prompts)) or sample(prompts, **kw)
+    records = []
+    for record in trainer.steps():
+        records.append(record)
+        if record["step"] == 3:
+            break  # checkpointed (save_every 1), with step 4's rollouts sampled and not yet used
+    assert calls == [4, 4]  # one engine call for steps 1-2, one for 3-4
+    assert records[0]["seconds"]["rollout"] > 0 and records[1]["seconds"]["rollout"] == 0
+    assert records[0]["is_weight"] == pytest.approx(1.0, abs=1e-3)  # sampled by the policy it trains
+    assert records[1]["is_weight"] is not None  # the reused rollouts are weighted for the policy having moved
+    unused = trainer.pending[0][0]  # step 4's examples
+    resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
+    assert resumed.step == 3 and resumed.order.seen == 6 and resumed.order.peek(2) == unused

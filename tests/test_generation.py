@@ -1,4 +1,4 @@
-"""Answers for people (sdft_kit.chat): streaming, stop strings, repetition penalty, turns; and `sdft-kit generate`."""
+"""Answers for people (sdft_kit.generation): streaming, stop strings, repetition penalty, turns; and `sdft-kit generate`."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sdft_kit.chat import chat, cut_at_stop, settled, stream_chat
+from sdft_kit.generation import chat, cut_at_stop, settled, stream_chat
 
 QUESTION = "Name three countries in Central America."
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # generate slows down many times with two threads on two busy cores
