@@ -220,9 +220,10 @@ class LossConfig:
     vocab: Vocab = _help("full", "distributions compared over: 'full' vocabulary, a 'topk' support, or "
                                  "'sampled' token + rest", choices=VOCABS)
     topk: int = _help(100, "k for vocab='topk'", at_least=1)
-    topk_support: TopkSupport = _help("teacher", "vocab='topk': whose top-k tokens: 'teacher' (Tinker's), 'student' "
-                                                 "(TRL's default) or 'union' of both; 'student' and 'union' keep the "
-                                                 "teacher's full log-probs until the student pass", choices=TOPK_SUPPORTS)
+    topk_support: TopkSupport = _help("teacher", "vocab='topk': whose top-k tokens: 'teacher' (TRL's with a teacher "
+                                                 "server), 'student' (TRL's default) or 'union' of both; 'student' and "
+                                                 "'union' keep the teacher's full log-probs until the student pass",
+                                      choices=TOPK_SUPPORTS)
     topk_tail: bool = _help(True, "vocab='topk': add a bucket for the mass outside the top-k (on), or renormalise the "
                                   "top-k to sum to 1 (off: TRL's default, distillation_add_tail=False)")
     kl_clip: float = _help(0.0, "cap on each vocabulary term p*log(p/q) of a token's divergence (0: none; OPSD uses "

@@ -83,7 +83,7 @@ def topk_support(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor,
                  support: str = "teacher") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The token ids a top-k loss compares the two distributions on, per position, and which of them count.
 
-    support: 'teacher' (its top-k, sdft-kit's and the Tinker recipe's), 'student' (its top-k, TRL's default)
+    support: 'teacher' (its top-k: sdft-kit's, and TRL's with a teacher server), 'student' (TRL's default)
     or 'union' (both sets: 2K ids, a student id the teacher also chose marked not valid so it counts once).
     Returns (indices (..., K or 2K), valid (..., 2K) for 'union', else None). No gradient flows into the choice.
     """

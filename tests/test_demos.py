@@ -278,7 +278,8 @@ def test_fewer_than_two_examples_raises_for_non_own(strategy, n):
 
 
 def test_teacher_config_accepts_templates_with_both_slots():
-    assert TeacherConfig().template == PAPER_TEMPLATE
+    assert TeacherConfig().template == "system"  # the default preset's (docs/instruments.md)
+    assert TeacherConfig(template=PAPER_TEMPLATE).template == PAPER_TEMPLATE
     assert TeacherConfig(template=PLAIN_TEMPLATE).template == PLAIN_TEMPLATE
 
 

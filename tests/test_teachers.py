@@ -68,9 +68,12 @@ def test_weight_ema_teacher_equals_its_closed_form_after_k_steps(small_lora, dem
     config = Config().replace(steps=steps, batch_size=1, max_new_tokens=6, teacher="ema", ema_rate=rate, ema_rank=0,
                               learning_rate=2e-2, warmup_ratio=0.0, skip_first=0, threads=1)
     trainer = Trainer(config, demo_examples[:2], model=model, tokenizer=tokenizer)
-    others = {"rank 3": make_teacher(model, TeacherConfig(ema_rate=rate, ema_rank=steps)),  # rank 3 x r holds 3 steps
-              "rank 1": make_teacher(model, TeacherConfig(ema_rate=rate, ema_rank=1)),
-              "anchored": make_teacher(model, TeacherConfig(ema_rate=rate, ema_rank=steps, anchor=anchor)),
+    def ema(**fields) -> TeacherConfig:
+        return TeacherConfig(teacher="ema", ema_rate=rate, **fields)
+
+    others = {"rank 3": make_teacher(model, ema(ema_rank=steps)),  # rank 3 x r holds 3 steps' updates exactly
+              "rank 1": make_teacher(model, ema(ema_rank=1)),
+              "anchored": make_teacher(model, ema(ema_rank=steps, anchor=anchor)),
               "factor": make_teacher(model, TeacherConfig(teacher="factor_ema", ema_rate=rate))}
     layers = dict(list(lora_layers(model).items())[::15])  # 14 of the 210 layers, from first to last, are compared
     history = []
@@ -100,7 +103,7 @@ def test_weight_ema_teacher_equals_its_closed_form_after_k_steps(small_lora, dem
 
 def test_ema_view_computes_like_the_base_with_the_averaged_weights_merged(small_lora, demo_examples):
     model, tokenizer = small_lora
-    teacher = make_teacher(model, TeacherConfig(ema_rate=0.5, ema_rank=2))
+    teacher = make_teacher(model, TeacherConfig(teacher="ema", ema_rate=0.5, ema_rank=2))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in lora_parameters(model).values():
@@ -129,17 +132,18 @@ def test_ema_view_computes_like_the_base_with_the_averaged_weights_merged(small_
 
 def test_weight_ema_state_round_trips_and_refuses_another_shape(small_lora):
     model, _ = small_lora
-    teacher = make_teacher(model, TeacherConfig(ema_rate=0.3, ema_rank=2))
+    teacher = make_teacher(model, TeacherConfig(teacher="ema", ema_rate=0.3, ema_rank=2))
     with torch.no_grad():
         for p in lora_parameters(model).values():
             p.add_(0.01)
     teacher.after_step()
-    again = make_teacher(model, TeacherConfig(ema_rate=0.3, ema_rank=2))
+    again = make_teacher(model, TeacherConfig(teacher="ema", ema_rate=0.3, ema_rank=2))
     again.load_state_dict(teacher.state_dict())
     for key, tensor in teacher.state_dict().items():
         assert torch.equal(again.state_dict()[key], tensor)
     state = teacher.state_dict()
-    for other in (TeacherConfig(ema_rank=1), TeacherConfig(ema_rank=0), TeacherConfig(teacher="factor_ema")):
+    for other in (TeacherConfig(teacher="ema", ema_rank=1), TeacherConfig(teacher="ema", ema_rank=0),
+                  TeacherConfig(teacher="factor_ema")):
         with pytest.raises(ValueError, match="does not match teacher"):
             make_teacher(model, other).load_state_dict(state)
 
@@ -151,4 +155,4 @@ def test_kinds_and_the_anchor_setting(small_lora):
     with pytest.raises(ValueError, match="anchor"):
         TeacherConfig(teacher="base", anchor=0.1)
     with pytest.raises(ValueError, match="anchor"):
-        TeacherConfig(anchor=1.0)
+        TeacherConfig(teacher="ema", anchor=1.0)
