@@ -33,7 +33,7 @@ _EXPORTS = {
     # `rollout` (the function) stays in sdft_kit.rollout, so the module name is not shadowed.
     "make_engine": "rollout",
     "score_teacher": "scoring",
-    "EMATeacher": "teachers", "make_teacher": "teachers",
+    "WeightEMATeacher": "teachers", "make_teacher": "teachers",
     "METHODS": "methods", "Method": "methods",
     "PRESETS": "config", "preset": "config",
     "Trainer": "trainer",
@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .records import StepRecord, load_records
     from .rollout import make_engine
     from .scoring import score_teacher
-    from .teachers import EMATeacher, make_teacher
+    from .teachers import WeightEMATeacher, make_teacher
     from .methods import METHODS, Method
     from .config import PRESETS, preset
     from .trainer import Trainer

@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import Config
 from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, describe, example_from_record, load_examples
 from .data_formats import parse_columns
-from .demos import DemoSelector, student_prompt, teacher_prompt
+from .demos import DemoSelector, student_prompt, teacher_chat_template, teacher_prompt
 
 SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (8 of them, as CSV)": SAMPLES_DIR / "demo.csv"}
 PARQUET_MAGIC = b"PAR1"
@@ -192,10 +192,11 @@ def preview_rows(examples: list[Example], tokenizer, config: Config | None = Non
     at PREVIEW_CHARS for display) and their token counts."""
     config = config or Config()
     selector = DemoSelector(examples, config.teacher.demo_selection, config.teacher.num_demos, config.train.seed)
+    chat_template = teacher_chat_template(tokenizer, config.teacher)
     rows = []
     for index, ex in enumerate(examples[:n]):
         student = student_prompt(tokenizer, ex)
-        teacher = teacher_prompt(tokenizer, ex, selector.demos_for(index), config.teacher.template)
+        teacher = teacher_prompt(tokenizer, ex, selector.demos_for(index), config.teacher.template, chat_template)
         rows.append({
             "source": ex.source, "student_prompt": _shown(student), "teacher_prompt": _shown(teacher),
             "demonstration": _shown(ex.demonstration),

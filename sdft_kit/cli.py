@@ -520,7 +520,8 @@ def make_parser() -> argparse.ArgumentParser:
     obj.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
     obj.add_argument("--template", default=Config().teacher.template, help="teacher template: system (the default "
                      "preset's), paper or plain")
-    obj.add_argument("--teacher", default="base", help="teacher kind: base, ema or live (at step 0 all three agree)")
+    obj.add_argument("--teacher", default="base", help="teacher kind: base, ema, factor_ema or live (at step 0 all "
+                                                       "agree)")
     obj.add_argument("--max-new-tokens", type=int, default=48, help="length of the student's rollout")
     obj.add_argument("--topk", type=int, default=100, help="k of the top-k objectives")
     obj.add_argument("--skip-first", type=int, default=Config().loss.skip_first,

@@ -35,7 +35,13 @@ TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": PLAIN_TEMPLATE, "system": SYSTEM_
 # The training methods: the names of sdft_kit.methods' table (its `register` adds new ones to this list).
 METHODS: list[str] = ["sdft", "sft"]
 # Who scores the student's tokens: see teachers.make_teacher.
-TeacherKind = Literal["ema", "base", "live"]
+TeacherKind = Literal["ema", "base", "factor_ema", "live"]
+# The teacher prompts' thinking switch: 'same' as the student's (model.thinking), or its own.
+TeacherThinking = Literal["same", "auto", "on", "off"]
+# Which tokens a top-k loss compares the two distributions on: see losses.topk_support.
+TopkSupport = Literal["teacher", "student", "union"]
+# One importance weight per token, or their mean per sequence (the official code's): see update.importance_weights.
+ISLevel = Literal["token", "sequence"]
 # What samples the rollouts: see rollout.make_engine ('auto': rollout.resolve_engine picks one of the others).
 Engine = Literal["auto", "hf", "vllm"]
 DemoSelection = Literal["own", "retrieval", "random"]
@@ -53,6 +59,9 @@ VOCABS: tuple[str, ...] = get_args(Vocab)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DEVICES: tuple[str, ...] = get_args(Device)
 THINKING: tuple[str, ...] = get_args(Thinking)
+TEACHER_THINKING: tuple[str, ...] = get_args(TeacherThinking)
+TOPK_SUPPORTS: tuple[str, ...] = get_args(TopkSupport)
+IS_LEVELS: tuple[str, ...] = get_args(ISLevel)
 REPORT_TO: tuple[str, ...] = get_args(ReportTo)
 # Fields renamed since a run directory's config.yaml may have been written: old name -> new name.
 RENAMED = {"weights": "engine"}
@@ -130,22 +139,41 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    teacher: TeacherKind = _help("base", "teacher weights: 'base' (adapter off; the default preset), 'ema' (paper) "
-                                         "or 'live' (current student)", choices=TEACHER_KINDS)
+    teacher: TeacherKind = _help("base", "teacher weights: 'base' (adapter off, the frozen start; the default preset), "
+                                         "'ema' (the paper's: an EMA of the student's weights), 'factor_ema' (EMA of the "
+                                         "LoRA factors A and B taken apart, not of the weights: sdft-kit's earlier 'ema', "
+                                         "TRL's) or 'live' (current student)", choices=TEACHER_KINDS)
     ema_rate: float = _help(0.01, "EMA update: teacher = rate * student + (1 - rate) * teacher, after each step",
                              above=0, at_most=1)
+    ema_rank: int = _help(2, "teacher 'ema': how each adapted layer keeps the EMA of its weight delta: 0 = dense "
+                             "(exact; a d_out x d_in float32 matrix per layer, ~4 bytes per adapted base weight), "
+                             "k >= 1 = rank k x lora_r, re-truncated by a small SVD after each step "
+                             "(see docs/fidelity.md)", at_least=0)
+    anchor: float = _help(0.0, "teacher 'ema' anchored to the base: after each EMA update the teacher's delta is "
+                               "scaled by (1 - anchor), pulling it back toward the starting model (0: plain EMA); "
+                               "with a still student it settles at rate / (rate + anchor) of the way to it",
+                          at_least=0, below=1)
     demo_selection: DemoSelection = _help("own", "demonstrations in the teacher prompt: 'own' (paper), "
                                                  "'retrieval' or 'random'", choices=DEMO_SELECTIONS)
     num_demos: int = _help(1, "how many demonstrations 'retrieval' and 'random' put in the teacher prompt",
                            at_least=1)
     template: str = _help("system", "teacher prompt: 'system' (the default preset), 'paper', 'plain' (see sdft-kit "
                                     "check-teacher) or a text with {prompt} and {demonstration}")
+    teacher_chat_template: str = _help("", "chat template for the teacher's prompts: '' = the student's (the "
+                                           "tokenizer's), else a .jinja file or the template's text")
+    teacher_thinking: TeacherThinking = _help("same", "the teacher prompts' thinking switch (Qwen3's "
+                                                      "enable_thinking): 'same' as model.thinking, or 'auto', 'on', "
+                                                      "'off' for the teacher alone (OPSD: a thinking teacher, a "
+                                                      "non-thinking student)", choices=TEACHER_THINKING)
 
     def __post_init__(self) -> None:
         _check(self)
         for slot in ("{prompt}", "{demonstration}"):
             if self.template not in TEMPLATES and slot not in self.template:
                 raise ValueError(f"template must contain {slot}; got {self.template!r}")
+        if self.anchor and self.teacher != "ema":
+            raise ValueError(f"anchor pulls the weight EMA teacher back toward the base; it needs --teacher ema, not "
+                             f"{self.teacher!r} (or set --anchor 0)")
 
 
 @dataclass
@@ -196,13 +224,26 @@ class RolloutConfig:
 class LossConfig:
     alpha: float = _help(0.0, "0 = forward KL(teacher||student) (paper), 1 = reverse KL, between = generalised JSD",
                           at_least=0, at_most=1)
-    vocab: Vocab = _help("full", "distributions compared over: 'full' vocabulary, teacher 'topk' + tail, or "
+    vocab: Vocab = _help("full", "distributions compared over: 'full' vocabulary, a 'topk' support, or "
                                  "'sampled' token + rest", choices=VOCABS)
     topk: int = _help(100, "k for vocab='topk'", at_least=1)
+    topk_support: TopkSupport = _help("teacher", "vocab='topk': whose top-k tokens: 'teacher' (TRL's with a teacher "
+                                                 "server), 'student' (TRL's default) or 'union' of both; 'student' and "
+                                                 "'union' keep the teacher's full log-probs until the student pass",
+                                      choices=TOPK_SUPPORTS)
+    topk_tail: bool = _help(True, "vocab='topk': add a bucket for the mass outside the top-k (on), or renormalise the "
+                                  "top-k to sum to 1 (off: TRL's default, distillation_add_tail=False)")
+    kl_clip: float = _help(0.0, "cap on each vocabulary term p*log(p/q) of a token's divergence (0: none; OPSD uses "
+                                "0.05): a term above it adds the cap and no gradient", at_least=0)
     skip_first: int = _help(0, "completion tokens left out of the loss at the start (paper: 3)", at_least=0)
-    is_cap: float = _help(2.0, "cap on the importance weight p_student/p_sampler of each token when rollouts "
-                               "come from other weights (rollout.engine 'vllm'), as TRL and the official code do",
+    is_cap: float = _help(2.0, "cap on each token's importance ratio p_student/p_sampler when rollouts come from other "
+                               "weights (rollout.engine 'vllm', or steps_per_generation > 1), as the official code "
+                               "does for vLLM (TRL's SDFT corrects reused rollouts only)",
                           at_least=1)
+    is_level: ISLevel = _help("sequence", "importance weights for rollouts from other weights: 'sequence' = each "
+                                          "sequence's capped ratios averaged over its loss tokens into one weight (the "
+                                          "official code's), 'token' = each token's own capped ratio",
+                              choices=IS_LEVELS)
 
     def __post_init__(self) -> None:
         _check(self)

@@ -10,12 +10,14 @@ import math
 import random
 import re
 from collections import Counter
+from pathlib import Path
 
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from .config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES  # noqa: F401 (re-exported)
+from .config import PAPER_TEMPLATE, PLAIN_TEMPLATE, SYSTEM_TEMPLATE, TEMPLATES, TeacherConfig  # noqa: F401
 from .data import Example
+from .models import with_thinking
 from .text import words
 
 
@@ -46,21 +48,48 @@ def teacher_messages(example: Example, demonstrations: list[str], template: str 
     return [*history, {"role": "user", "content": text}]
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict] | tuple[dict, ...]) -> str:
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict] | tuple[dict, ...],
+           chat_template: str | None = None) -> str:
     """Chat-template text of a prompt, ending where the assistant's answer starts.
 
-    A template that refuses a system role (Gemma 1 and 2: "System role not supported") gets
-    the system text at the start of the first user turn instead, as Gemma 3's own template does.
+    chat_template: a template to use instead of the tokenizer's (the teacher's own, see
+    `teacher_chat_template`). A template that refuses a system role (Gemma 1 and 2: "System role
+    not supported") gets the system text at the start of the first user turn instead, as Gemma 3's
+    own template does.
     """
     messages = list(messages)
+    options = {"add_generation_prompt": True, "tokenize": False}
+    if chat_template is not None:
+        options["chat_template"] = chat_template
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, **options)
     except TemplateError:
         if messages[0]["role"] != "system" or len(messages) < 2 or messages[1]["role"] != "user":
             raise
         system, user, *rest = messages
         folded = [{"role": "user", "content": system["content"] + "\n\n" + user["content"]}, *rest]
-        return tokenizer.apply_chat_template(folded, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(folded, **options)
+
+
+def teacher_chat_template(tokenizer: PreTrainedTokenizerBase, config: TeacherConfig) -> str | None:
+    """The chat template of the teacher's prompts: None when it is the student's (the tokenizer's own).
+
+    config.teacher_chat_template: '' (the student's), a .jinja file or a template text; then
+    config.teacher_thinking fixes its thinking switch for the teacher alone ('same': as the student's).
+    """
+    template = config.teacher_chat_template
+    if not template and config.teacher_thinking == "same":
+        return None
+    if template and "{%" not in template and "{{" not in template:
+        path = Path(template).expanduser()
+        if not path.is_file():
+            raise ValueError(f"teacher_chat_template: {template!r} is neither a file nor a chat template text (no "
+                             "'{%' or '{{'); give the path of a .jinja file or the template itself")
+        template = path.read_text(encoding="utf-8")
+    template = template or tokenizer.chat_template or ""
+    if config.teacher_thinking == "same":
+        return template
+    return with_thinking(template, config.teacher_thinking, field="teacher_thinking")
 
 
 def student_messages(example: Example) -> list[dict]:
@@ -73,9 +102,11 @@ def student_prompt(tokenizer: PreTrainedTokenizerBase, example: Example) -> str:
 
 
 def teacher_prompt(
-    tokenizer: PreTrainedTokenizerBase, example: Example, demonstrations: list[str], template: str = PAPER_TEMPLATE
+    tokenizer: PreTrainedTokenizerBase, example: Example, demonstrations: list[str], template: str = PAPER_TEMPLATE,
+    chat_template: str | None = None,
 ) -> str:
-    return render(tokenizer, teacher_messages(example, demonstrations, template))
+    """The teacher's prompt text: `teacher_messages` through the chat template (the teacher's own, if given)."""
+    return render(tokenizer, teacher_messages(example, demonstrations, template), chat_template)
 
 
 class DemoSelector:

@@ -83,11 +83,15 @@ def _settings(config: Config) -> list[tuple[str, str]]:
         divergence = {0.0: "forward KL(teacher ‖ student)", 1.0: "reverse KL"}.get(c.loss.alpha,
                                                                                      f"JSD, alpha {c.loss.alpha:g}")
         vocab = f"top-{c.loss.topk} + tail" if c.loss.vocab == "topk" else c.loss.vocab
-        extra += [("teacher", f"{c.teacher.teacher}" + (f" (rate {c.teacher.ema_rate:g})"
-                                                               if c.teacher.teacher == "ema" else "")),
-                         ("teacher template", f"{template_name}, demonstrations: {c.teacher.demo_selection}"),
-                         ("divergence", f"{divergence} over the {vocab} vocabulary, first {c.loss.skip_first} "
-                                        "tokens skipped")]
+        t = c.teacher
+        shape = f"rank {t.ema_rank} x r" if t.ema_rank else "dense"
+        anchor = f", anchor {t.anchor:g}" if t.anchor else ""
+        ema = {"ema": f" (of the weights, rate {t.ema_rate:g}, {shape}{anchor})",
+               "factor_ema": f" (of the LoRA factors, rate {t.ema_rate:g})"}
+        extra += [("teacher", c.teacher.teacher + ema.get(c.teacher.teacher, "")),
+                  ("teacher template", f"{template_name}, demonstrations: {c.teacher.demo_selection}"),
+                  ("divergence", f"{divergence} over the {vocab} vocabulary, first {c.loss.skip_first} "
+                                 "tokens skipped")]
     if method.batch == "rollout":
         extra += [("rollouts", f"{c.rollout.max_new_tokens} new tokens, temperature {c.rollout.temperature:g}, "
                                f"top-p {c.rollout.top_p:g}, engine {c.rollout.engine}")]

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import Config
 from .data import Example
-from .demos import DemoSelector, render, student_messages, teacher_messages
+from .demos import DemoSelector, render, student_messages, teacher_chat_template, teacher_messages
 from .methods import method_of
 
 THINK = "<think>"
@@ -172,12 +172,13 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
         flag = Flag("error", "template", "the tokenizer has no chat template: use an instruct/chat model, or set "
                                          "tokenizer.chat_template")
         return Inspection([PromptCheck(examples[0].source, [], [], 0, [flag])], limit, budget)
+    chat_templates = {"student": None, "teacher": teacher_chat_template(tokenizer, config.teacher)}
     records = []
     for i in range(len(examples)) if indices is None else indices:
         example = examples[i]
         sides = {"student": student_messages(example),
                  "teacher": teacher_messages(example, selector.demos_for(i), config.teacher.template)}
-        texts = {side: render(tokenizer, messages) for side, messages in sides.items()}
+        texts = {side: render(tokenizer, messages, chat_templates[side]) for side, messages in sides.items()}
         ids = {side: tokenizer(text, add_special_tokens=False)["input_ids"] for side, text in texts.items()}
         demo = len(tokenizer(example.demonstration, add_special_tokens=False)["input_ids"])
         check = PromptCheck(example.source or f"record {i}", ids["student"], ids["teacher"], demo,
@@ -190,7 +191,9 @@ def inspect_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[Example],
                                         f"{room} for {what}, more than {where} of {limit} tokens. "
                                         "Shorten or remove this record" + ("" if sft else ", or lower max_new_tokens")))
         skeletons = {side: _skeleton(texts[side], sides[side]) for side in sides}
-        if (THINK in skeletons["student"]) != (THINK in skeletons["teacher"]):
+        # A thinking switch set for the teacher alone (teacher_thinking) is a choice, not a mistake.
+        chosen = config.teacher.teacher_thinking != "same"
+        if not chosen and (THINK in skeletons["student"]) != (THINK in skeletons["teacher"]):
             opened = "student" if THINK in skeletons["student"] else "teacher"
             check.flags.append(Flag("warning", "thinking", f"the chat template opens a {THINK} block for the "
                                     f"{opened} only; set thinking on or off (--thinking) so both sides match"))

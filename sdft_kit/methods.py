@@ -94,7 +94,7 @@ def make_batch(trainer: Trainer, indices: list[int]) -> Completions:
     batch = trainer.engine.sample(prompts)
     n = cfg.rollout.generations_per_prompt
     return batch.with_teacher_prompts(tokenizer, [
-        teacher_prompt(tokenizer, ex, trainer.selector.demos_for(i), cfg.teacher.template)
+        teacher_prompt(tokenizer, ex, trainer.selector.demos_for(i), cfg.teacher.template, trainer.teacher_chat_template)
         for i, ex in zip(indices, examples) for _ in range(n)])
 
 

@@ -170,15 +170,27 @@ def set_thinking(tokenizer: PreTrainedTokenizerBase, thinking: str) -> None:
 
     'auto' keeps the template's default. 'on' / 'off' set `enable_thinking` at the top of the
     template itself, so the student's and the teacher's prompts, chat, evaluation and a saved
-    adapter's tokenizer can never disagree about it.
+    adapter's tokenizer can never disagree about it (unless teacher.teacher_thinking says otherwise).
     """
+    if thinking != "auto":
+        tokenizer.chat_template = with_thinking(tokenizer.chat_template or "", thinking)
+
+
+def _thinking_line(on: bool) -> str:
+    return f"{{%- set {THINKING_SWITCH} = {'true' if on else 'false'} %}}"
+
+
+def with_thinking(template: str, thinking: str, field: str = "thinking") -> str:
+    """`template` with its thinking switch fixed 'on' or 'off' (a line set at its top, replacing one set before),
+    or back to the template's own default ('auto'). `field` names the setting in the error message."""
+    for on in (True, False):
+        template = template.removeprefix(_thinking_line(on))
     if thinking == "auto":
-        return
-    template = tokenizer.chat_template or ""
+        return template
     if THINKING_SWITCH not in template:
-        raise ValueError(f"thinking={thinking!r}: this model's chat template has no thinking switch "
-                         f"({THINKING_SWITCH}); leave thinking at 'auto'")
-    tokenizer.chat_template = f"{{%- set {THINKING_SWITCH} = {'true' if thinking == 'on' else 'false'} %}}" + template
+        raise ValueError(f"{field}={thinking!r}: this model's chat template has no thinking switch "
+                         f"({THINKING_SWITCH}); leave {field} at 'auto'")
+    return _thinking_line(thinking == "on") + template
 
 
 def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:

@@ -27,7 +27,7 @@ from .batch import Completions, completion_logits
 from .config import VOCABS, LossConfig, RolloutConfig, TeacherConfig
 from .data import Example
 from .demos import student_prompt, teacher_prompt
-from .losses import logprob_divergence, sequence_mean
+from .losses import log_probs, logprob_divergence, sequence_mean
 from .models import lora_parameters
 from .rollout import rollout
 from .scoring import score_teacher
@@ -125,9 +125,9 @@ def compare_objectives(model, tokenizer, teacher: Teacher, batch: Completions, *
     params = list(lora_parameters(model).values())
     if not params:
         raise ValueError("the model has no trainable parameters: wrap it with add_lora() first")
-    teachers = {vocab: score_teacher(teacher, batch, vocab=vocab, topk=topk) for vocab in VOCABS}
+    teachers = {vocab: score_teacher(teacher, batch, LossConfig(vocab=vocab, topk=topk)) for vocab in VOCABS}
     logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-    logprobs = F.log_softmax(logits.float(), dim=-1)
+    logprobs = log_probs(logits, batch.temperature)
     first = batch.completion_ids[0][batch.completion_mask[0].bool()]
     tokens = [tokenizer.decode([int(i)]) for i in first]
     found = []
@@ -166,6 +166,6 @@ def objectives_on_example(model, tokenizer, example: Example, *, template: str =
     batch = rollout(model, tokenizer, [student_prompt(tokenizer, example)], RolloutConfig(max_new_tokens=max_new_tokens))
     batch = batch.with_teacher_prompts(tokenizer, [teacher_prompt(tokenizer, example, [example.demonstration],
                                                                   template)])
-    comparison = compare_objectives(model, tokenizer, make_teacher(model, TeacherConfig(teacher=teacher)), batch, topk=topk,
-                                    skip_first=skip_first)
+    comparison = compare_objectives(model, tokenizer, make_teacher(model, TeacherConfig(teacher=teacher)), batch,
+                                    topk=topk, skip_first=skip_first)
     return comparison, batch

@@ -33,7 +33,7 @@ from .batch import Completions
 from .checkpoint import CHECKPOINT, RunDir, newest_checkpoint, read_state, write_state
 from .config import Config
 from .data import DataError, DataOrder, Example, fingerprint
-from .demos import DemoSelector
+from .demos import DemoSelector, teacher_chat_template
 from .distributed import launched_processes, process_device
 from .driver import NonFiniteSteps
 from .inspector import inspect_prompts
@@ -106,6 +106,7 @@ class Trainer:
             release_freed_memory()
         self.optimizer, self.scheduler = make_optimizer(model, train)
         self.teacher = make_teacher(model, config.teacher)
+        self.teacher_chat_template = teacher_chat_template(tokenizer, config.teacher)
         self.selector = DemoSelector(self.examples, config.teacher.demo_selection, config.teacher.num_demos,
                                      train.seed)
         # Every record's prompts, before any step: a record over the model's context (a clear error now, not a
@@ -264,6 +265,22 @@ class Trainer:
             self.save_checkpoint()
 
     def load_checkpoint(self, checkpoint: Path) -> None:
+        if self.config.teacher.teacher == "ema" and _holds_lora_factors(checkpoint, self.model):
+            # Saved before 'ema' meant the EMA of the weights: the run goes on with the factor EMA it started with.
+            warnings.warn(f"{checkpoint}: this run's 'ema' teacher averaged the LoRA factors (sdft-kit before the "
+                          "weight EMA); it continues as teacher 'factor_ema'", stacklevel=2)
+            self.teacher = make_teacher(self.model, replace(self.config.teacher, teacher="factor_ema"))
         progress = read_state(checkpoint, self.model, self.optimizer, self.scheduler, self.teacher)
         self.step, self.order.seen, self.elapsed = progress["step"], progress["examples_seen"], progress["elapsed_s"]
         self.saved_step = self.step
+
+
+def _holds_lora_factors(checkpoint: Path, model) -> bool:
+    """Whether a checkpoint's teacher state is the averaged LoRA factors (what 'ema' kept before it averaged the
+    weights). False for an unreadable one: read_state then says what is wrong with it."""
+    try:
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+    except Exception:  # noqa: BLE001 (read_state reports a damaged checkpoint in one line)
+        return False
+    teacher = state.get("teacher", state.get("ema")) or {}
+    return bool(teacher) and set(teacher) == set(lora_parameters(model))

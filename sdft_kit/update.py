@@ -21,7 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .batch import Completions, completion_logits
 from .config import Config, LossConfig, TrainConfig
-from .losses import logprob_divergence, sequence_mean, sft_loss, skip_first
+from .losses import log_probs, logprob_divergence, sequence_mean, sft_loss, skip_first
 from .models import lora_parameters
 from .scoring import TeacherScores, score_teacher
 from .teachers import Teacher
@@ -56,37 +56,44 @@ def _student_view(logprobs: torch.Tensor, batch: Completions, record_k: int):
     return sampled, top.indices, top.values
 
 
-def importance_weights(student_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
-    """Truncated importance sampling: min(p_student(token) / q_sampler(token), cap), no gradient.
+def importance_weights(student_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float,
+                       level: str = "sequence", mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Truncated importance sampling for a rollout sampled from other weights (vllm), (B, C), no gradient.
 
-    Reweights each token of a rollout sampled from other weights (vllm) towards what the
-    student itself would have sampled, as the official code does for vLLM rollouts.
+    Each token's ratio min(p_student(token) / q_sampler(token), cap) reweights the loss towards what the
+    student itself would have sampled. level 'token' weights each token by its own ratio; 'sequence'
+    gives every token of a row the mean of its capped ratios over the loss tokens `mask`, as the
+    official code does (distil_trainer.py: ratio clamped per token, then averaged over the loss mask).
     """
-    return (student_logprobs.detach() - sampler_logprobs).exp().clamp(max=cap)
+    ratio = (student_logprobs.detach() - sampler_logprobs).exp().clamp(max=cap)
+    if level == "token":
+        return ratio
+    if level == "sequence":
+        mask = torch.ones_like(ratio) if mask is None else mask.to(ratio.dtype)
+        per_row = (ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        return per_row.expand_as(ratio)
+    raise ValueError(f"is_level must be 'token' or 'sequence', got {level!r}")
 
 
 def distill_loss(model, batch: Completions, teacher: TeacherScores, config: LossConfig | None = None,
                  record_k: int = 5) -> StudentScores:
     """Per-token divergence to the teacher, mean per sequence, then over the batch.
 
-    When the rollout came from other weights (`batch.sampler_logprobs`), each token's
+    Both distributions are at the rollout's temperature (logits / T, as `score_teacher`). When the
+    rollout came from other weights (`batch.sampler_logprobs`, at that temperature too), the
     divergence is weighted by `importance_weights` before the mean.
     """
     config = config or LossConfig()
     logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # once: for the loss and for the records
+    logprobs = log_probs(logits, batch.temperature)  # once: for the loss and for the records
     per_token = logprob_divergence(logprobs, teacher.logprobs, batch.completion_ids, alpha=config.alpha,
-                                   vocab=config.vocab, teacher_indices=teacher.indices)
+                                   vocab=config.vocab, teacher_indices=teacher.indices, topk=config.topk,
+                                   support=config.topk_support, tail=config.topk_tail, clip=config.kl_clip)
     mask = skip_first(batch.completion_mask, config.skip_first)
     view = _student_view(logprobs, batch, record_k)
     weight = None
     if batch.sampler_logprobs is not None:
-        sampled = view[0]
-        if batch.temperature != 1.0:  # the sampler's log-probs are at the sampling temperature
-            with torch.no_grad():
-                sampled = F.log_softmax(logits.detach().float() / batch.temperature, dim=-1).gather(
-                    -1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
-        weight = importance_weights(sampled, batch.sampler_logprobs, config.is_cap)
+        weight = importance_weights(view[0], batch.sampler_logprobs, config.is_cap, config.is_level, mask)
     loss = sequence_mean(per_token if weight is None else per_token * weight, mask)
     return StudentScores(loss, per_token.detach(), mask, *view, is_weight=weight)
 
@@ -104,8 +111,7 @@ def demonstration_loss(model, batch: Completions, record_k: int = 5) -> StudentS
 def sdft_objective(model, teacher: Teacher, batch: Completions, config: Config) -> Objective:
     """SDFT: the teacher scores the student's own completion, then the student's distill loss."""
     start = time.perf_counter()
-    scores = score_teacher(teacher, batch, vocab=config.loss.vocab, topk=config.loss.topk,
-                           record_k=config.train.record_topk)
+    scores = score_teacher(teacher, batch, config.loss, record_k=config.train.record_topk)
     middle = time.perf_counter()
     student = distill_loss(model, batch, scores, config.loss, config.train.record_topk)
     return Objective(student, scores, {"teacher": middle - start, "student": time.perf_counter() - middle})

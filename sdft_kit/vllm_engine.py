@@ -20,8 +20,9 @@ to sync: on the CPU backend they decode 2.5x slower than merged weights (docs/pe
 
 vLLM's model may differ slightly from the student's (bf16, other kernels), so each
 sampled token's log-prob under vLLM, at the sampling temperature, is returned as
-`Completions.sampler_logprobs` and the loss weights each token by
-min(p_student / p_vllm, loss.is_cap), as TRL and the paper's official code do. With
+`Completions.sampler_logprobs`, and the loss is weighted by the capped ratios
+min(p_student / p_vllm, loss.is_cap): averaged over each sequence (loss.is_level 'sequence',
+as the paper's official code does) or per token. TRL's SDFT applies no such correction. With
 top_p < 1 the recorded log-prob is the nucleus-renormalised one (what was sampled from).
 """
 

@@ -18,7 +18,7 @@ from sdft_kit import Config
     (dict(steps="two"), "steps must be a whole number; got 'two' (set it with --steps, or under 'train:'"),
     (dict(steps=True), "steps must be a whole number; got True"),
     (dict(load_in_4bit="yes"), "load_in_4bit must be true or false; got 'yes'"),
-    (dict(teacher="oracle"), "teacher must be one of ema, base, live; got 'oracle'"),
+    (dict(teacher="oracle"), "teacher must be one of ema, base, factor_ema, live; got 'oracle'"),
     (dict(max_bad_steps=0), "max_bad_steps must be >= 1; got 0"),
 ])
 def test_bad_values_name_the_field_the_rule_and_the_flag(overrides, expected):

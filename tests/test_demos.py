@@ -15,9 +15,11 @@ from sdft_kit.demos import (
     DemoSelector,
     fill_template,
     student_prompt,
+    teacher_chat_template,
     teacher_messages,
     teacher_prompt,
 )
+from sdft_kit.models import set_thinking
 
 CHAT_TEMPLATE = (
     r"{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -28,16 +30,17 @@ CHAT_TEMPLATE = (
 
 
 class FakeTokenizer:
-    """Just enough of a tokenizer for `render`: a Jinja2 chat template."""
+    """Just enough of a tokenizer for `render`: a Jinja2 chat template (`chat_template=` renders another)."""
 
     def __init__(self, template: str = CHAT_TEMPLATE):
-        self._template = jinja2.Environment().from_string(template)
+        self.chat_template = template
         self.calls: list[dict] = []
 
-    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True, chat_template=None):
         assert tokenize is False, "demos must ask for text, not token ids"
         self.calls.append({"messages": messages, "add_generation_prompt": add_generation_prompt})
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt)
+        template = jinja2.Environment().from_string(chat_template or self.chat_template)
+        return template.render(messages=messages, add_generation_prompt=add_generation_prompt)
 
 
 def ex(prompt: str, demo: str = "", system: str | None = None, source: str = "") -> Example:
@@ -275,7 +278,8 @@ def test_fewer_than_two_examples_raises_for_non_own(strategy, n):
 
 
 def test_teacher_config_accepts_templates_with_both_slots():
-    assert TeacherConfig().template == PAPER_TEMPLATE
+    assert TeacherConfig().template == "system"  # the default preset's (docs/instruments.md)
+    assert TeacherConfig(template=PAPER_TEMPLATE).template == PAPER_TEMPLATE
     assert TeacherConfig(template=PLAIN_TEMPLATE).template == PLAIN_TEMPLATE
 
 
@@ -289,3 +293,47 @@ def test_teacher_config_rejects_template_missing_a_slot(template, missing):
     with pytest.raises(ValueError, match="template must contain") as info:
         TeacherConfig(template=template)
     assert missing in str(info.value)
+
+
+# --- the teacher's own chat template and thinking switch ------------------------------------------
+
+# A Qwen3-like generation prompt: an empty think block when enable_thinking is false (non-thinking mode).
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
+    r"{{ '<|im_start|>assistant\n' }}{% endif %}",
+    r"{{ '<|im_start|>assistant\n' }}{% if enable_thinking is defined and enable_thinking is false %}"
+    r"{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}")
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+
+def test_teacher_thinking_is_set_for_the_teacher_alone():
+    assert THINKING_TEMPLATE != CHAT_TEMPLATE
+    tok = FakeTokenizer(THINKING_TEMPLATE)
+    set_thinking(tok, "off")  # a non-thinking student (model.thinking: off)
+    example = ex("What is 2+2?")
+    student = student_prompt(tok, example)
+    assert student.endswith(EMPTY_THINK)
+    same = teacher_prompt(tok, example, ["4"], chat_template=teacher_chat_template(tok, TeacherConfig()))
+    assert same.endswith(EMPTY_THINK) and teacher_chat_template(tok, TeacherConfig()) is None
+    thinking = teacher_prompt(tok, example, ["4"],
+                              chat_template=teacher_chat_template(tok, TeacherConfig(teacher_thinking="on")))
+    assert thinking == same.removesuffix(EMPTY_THINK)  # OPSD's pairing: a thinking teacher, a non-thinking student
+    default = teacher_chat_template(tok, TeacherConfig(teacher_thinking="auto"))
+    assert teacher_prompt(tok, example, ["4"], chat_template=default) == thinking  # the template's own default
+    assert student_prompt(tok, example) == student  # the student's prompts are untouched
+    with pytest.raises(ValueError, match="teacher_thinking='on'.*no thinking switch"):
+        teacher_chat_template(FakeTokenizer(), TeacherConfig(teacher_thinking="on"))
+
+
+def test_teacher_chat_template_from_a_file_or_a_text(tmp_path):
+    tok = FakeTokenizer()
+    example = ex("What is 2+2?")
+    text = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    path = tmp_path / "teacher.jinja"
+    path.write_text(text)
+    for given in (str(path), text):
+        prompt = teacher_prompt(tok, example, ["4"],
+                                chat_template=teacher_chat_template(tok, TeacherConfig(teacher_chat_template=given)))
+        assert prompt.startswith("[user] What is 2+2?") and prompt.endswith("[assistant]")
+    assert student_prompt(tok, example).startswith("<|im_start|>system")  # the student keeps the tokenizer's
+    with pytest.raises(ValueError, match="neither a file nor a chat template"):
+        teacher_chat_template(tok, TeacherConfig(teacher_chat_template=str(tmp_path / "missing.jinja")))

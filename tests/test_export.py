@@ -63,7 +63,8 @@ def test_saved_adapter_names_a_local_path_and_export_names_the_hub_model(run_dir
     assert f"base_model: {EMBEDDED_HUB_ID}" in card and "GGUF build" in card
     assert "- sdft-kit" in card and "library_name: peft" in card
     assert "5 demonstrations" in card  # the run's data.jsonl
-    assert "| teacher | ema (rate 0.01) |" in card and "| teacher template | system, demonstrations: own |" in card
+    assert "| teacher | ema (of the weights, rate 0.01, rank 2 x r) |" in card
+    assert "| teacher template | system, demonstrations: own |" in card
     assert "top-20 + tail vocabulary" in card and "| LoRA | r 4, alpha 32, on all-linear |" in card
     assert "0.7500 at step 1 → 0.2500 at step 2" in card and "| peak memory | 1002 MB |" in card
     assert "**WEAK** (template 'system', 8 records)" in card and "from -1.50 to -1.25, better on 6/8" in card

@@ -86,7 +86,7 @@ def test_16_bit_bases_are_not_merged_so_their_frozen_weights_stay_exact(demo_exa
 def test_importance_weights_are_capped_ratios_without_gradient():
     student = torch.tensor([[-1.0, -0.5, -3.0]], requires_grad=True)
     sampler = torch.tensor([[-1.0, -2.0, -2.0]])
-    weights = importance_weights(student, sampler, cap=2.0)
+    weights = importance_weights(student, sampler, cap=2.0, level="token")
     torch.testing.assert_close(weights, torch.tensor([[1.0, 2.0, torch.e ** -1.0]]))
     assert not weights.requires_grad
 
@@ -122,16 +122,23 @@ def test_importance_weighted_loss_equals_the_plain_loss_when_sampler_and_student
     for name, grad in plain_grads.items():
         torch.testing.assert_close(same_grads[name], grad)
 
-    # a sampler that made the first counted token twice as likely as the student does:
-    # that token's divergence counts half in its sequence's mean
+    # a sampler that made the first counted token twice as likely as the student does: with is_level 'token'
+    # that token's divergence counts half in its sequence's mean; with 'sequence' (the official code's) the
+    # sequence's every token is weighted by the mean of its weights
     col = int(plain.mask[0].nonzero()[0])
     halved = agree.sampler_logprobs.clone()
     halved[0, col] += torch.log(torch.tensor(2.0))
-    skewed, _ = loss_and_grads(Completions(batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                           batch.completion_mask, halved))
+    skewed_batch = Completions(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, halved)
     weights = torch.ones_like(plain.per_token)
     weights[0, col] = 0.5
+    config = LossConfig(vocab="topk", is_level="token")
+    skewed, _ = loss_and_grads(skewed_batch)
     per_seq = (plain.per_token * weights * plain.mask).sum(-1) / plain.mask.sum(-1)
+    torch.testing.assert_close(skewed.loss, per_seq.mean())
+    config = LossConfig(vocab="topk", is_level="sequence")
+    skewed, _ = loss_and_grads(skewed_batch)
+    row_weight = (weights * plain.mask).sum(-1, keepdim=True) / plain.mask.sum(-1, keepdim=True)
+    per_seq = (plain.per_token * row_weight * plain.mask).sum(-1) / plain.mask.sum(-1)
     torch.testing.assert_close(skewed.loss, per_seq.mean())
 
 

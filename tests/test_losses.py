@@ -13,12 +13,15 @@ import torch
 
 from sdft_kit.losses import (
     divergence,
+    log_probs,
+    logprob_divergence,
     sequence_mean,
     sft_loss,
     skip_first,
     teacher_topk,
     to_buckets,
     token_divergence,
+    topk_support,
 )
 
 # An asymmetric pair: KL(T || S) != KL(S || T), so a swapped direction is caught.
@@ -313,3 +316,91 @@ def test_sft_loss_is_mean_nll_per_sequence_then_batch():
     assert nll.shape == (2, 3)
     assert nll[0].tolist() == pytest.approx([-math.log(0.5), -math.log(0.8), -math.log(0.6)], rel=1e-5)
     assert float(nll[1, 0]) == approx(-math.log(0.2))
+
+
+# --- temperature --------------------------------------------------------------------------------
+
+
+def softmax_py(logits: list[float], temperature: float = 1.0) -> list[float]:
+    scaled = [z / temperature for z in logits]
+    top = max(scaled)
+    exps = [math.exp(z - top) for z in scaled]
+    return [e / sum(exps) for e in exps]
+
+
+def test_divergence_at_temperature_07_divides_both_logits_by_t():
+    student_logits, teacher_logits = [2.0, 0.5, -1.0], [0.3, 1.8, -0.4]
+    t = 0.7
+    expected = kl_py(softmax_py(teacher_logits, t), softmax_py(student_logits, t))  # both at logits / 0.7
+    ignored = kl_py(softmax_py(teacher_logits), softmax_py(student_logits))  # what a loss ignoring T computes
+    assert abs(expected - ignored) > 0.05
+    teacher = log_probs(torch.tensor([[teacher_logits]], dtype=torch.float64), t)
+    got = token_divergence(torch.tensor([[student_logits]], dtype=torch.float64), teacher,
+                           torch.zeros(1, 1, dtype=torch.long), temperature=t)
+    assert float(got[0, 0]) == approx(expected)
+    assert log_probs(torch.tensor(teacher_logits), t).exp().tolist() == pytest.approx(softmax_py(teacher_logits, t))
+
+
+# --- kl_clip ------------------------------------------------------------------------------------
+
+
+def test_kl_clip_caps_each_vocabulary_term_as_opsd_does():
+    # terms of KL(T || S): .8 ln 4 = 1.109, .15 ln .5 = -.104, .05 ln .1 = -.115; only the first exceeds .05
+    expected = 0.05 + 0.15 * math.log(0.15 / 0.3) + 0.05 * math.log(0.05 / 0.5)
+    got = float(divergence(logp(S), logp(T), alpha=0.0, clip=0.05))
+    assert got == approx(expected)
+    assert float(divergence(logp(S), logp(T), alpha=0.0, clip=0.0)) == approx(kl_py(T, S))  # 0: no clip
+    # JSD: each entry's mixed term a*t*log(t/m) + (1-a)*s*log(s/m) is capped
+    m = mix(0.5, T, S)
+    terms = [0.5 * t * math.log(t / mi) + 0.5 * s * math.log(s / mi) for t, s, mi in zip(T, S, m)]
+    assert float(divergence(logp(S), logp(T), alpha=0.5, clip=0.02)) == approx(sum(min(x, 0.02) for x in terms))
+
+
+def test_kl_clip_gives_no_gradient_through_capped_terms():
+    logits = logp(S).clone().requires_grad_(True)
+    divergence(torch.log_softmax(logits, -1), logp(T), alpha=0.0, clip=0.05).backward()
+    # d/dz of sum over kept terms -t_v log s_v (v = 1, 2): s * (t_1 + t_2) - t_v on kept entries
+    kept = 0.15 + 0.05
+    assert logits.grad.tolist() == pytest.approx([0.2 * kept, 0.3 * kept - 0.15, 0.5 * kept - 0.05], abs=1e-9)
+
+
+# --- top-k supports -----------------------------------------------------------------------------
+
+
+def test_topk_student_support_renormalised_without_tail_like_trl():
+    t_full = [0.1, 0.4, 0.15, 0.35]
+    s_full = [0.05, 0.2, 0.65, 0.1]  # the student's top-2: tokens 2, 1
+    sp, tp = [0.65, 0.2], [0.15, 0.4]
+    expected = kl_py([x / sum(tp) for x in tp], [x / sum(sp) for x in sp])
+    got = logprob_divergence(logp([[s_full]]), logp([[t_full]]), torch.zeros(1, 1, dtype=torch.long), vocab="topk",
+                             topk=2, support="student", tail=False)
+    assert float(got[0, 0]) == approx(expected)
+    with_tail = logprob_divergence(logp([[s_full]]), logp([[t_full]]), torch.zeros(1, 1, dtype=torch.long),
+                                   vocab="topk", topk=2, support="student", tail=True)
+    assert float(with_tail[0, 0]) == approx(kl_py(tp + [1 - sum(tp)], sp + [1 - sum(sp)]))
+
+
+def test_topk_union_support_counts_shared_tokens_once():
+    t_full = [0.1, 0.4, 0.15, 0.35, 0.0]
+    s_full = [0.05, 0.2, 0.55, 0.1, 0.1]
+    # teacher top-2 {1, 3}, student top-2 {2, 1}: union {1, 2, 3} + tail {0, 4}
+    tp = [t_full[1], t_full[3], t_full[2]]
+    sp = [s_full[1], s_full[3], s_full[2]]
+    expected = kl_py(tp + [1 - sum(tp)], sp + [1 - sum(sp)])
+    indices, valid = topk_support(logp([[s_full]]), logp([[t_full]]), 2, "union")
+    assert indices.tolist() == [[[1, 3, 2, 1]]] and valid.tolist() == [[[True, True, True, False]]]
+    student = logp([[s_full]]).requires_grad_(True)
+    got = logprob_divergence(student, logp([[t_full]]), torch.zeros(1, 1, dtype=torch.long), vocab="topk", topk=2,
+                             support="union")
+    assert float(got[0, 0].detach()) == approx(expected)
+    got.sum().backward()
+    assert torch.isfinite(student.grad).all()
+
+
+def test_topk_teacher_support_can_renormalise_instead_of_a_tail():
+    t_full, s_full = [0.1, 0.4, 0.15, 0.35], [0.05, 0.2, 0.65, 0.1]
+    buckets, idx = teacher_topk(logp([[t_full]]), 2, tail=False)
+    assert buckets.exp().sum().item() == pytest.approx(1.0)
+    got = logprob_divergence(logp([[s_full]]), buckets, torch.zeros(1, 1, dtype=torch.long), vocab="topk",
+                             teacher_indices=idx, tail=False)
+    assert float(got[0, 0]) == approx(kl_py([0.4 / 0.75, 0.35 / 0.75], [0.2 / 0.3, 0.1 / 0.3]))

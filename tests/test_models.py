@@ -4,11 +4,12 @@ import time
 import pytest
 import torch
 
-from sdft_kit import EMATeacher, add_lora, load_adapter, load_model, make_teacher
+from sdft_kit import add_lora, load_adapter, load_model, make_teacher
 from sdft_kit.demos import student_prompt, teacher_prompt
 from sdft_kit.batch import completion_logits, demonstration_batch, tokenize_prompts
 from sdft_kit.config import TEACHER_KINDS, TeacherConfig
 from sdft_kit.models import lora_parameters
+from sdft_kit.teachers import FactorEMATeacher
 
 
 def _perturb_adapter(model, scale=0.05):
@@ -59,12 +60,13 @@ def test_adapter_save_and_reload_give_identical_logits(lora_model, demo_examples
 def test_teacher_views_share_the_base_weights(lora_model, demo_examples):
     model, tokenizer = lora_model
     teachers = {kind: make_teacher(model, TeacherConfig(teacher=kind, ema_rate=0.5)) for kind in TEACHER_KINDS}
-    ema = teachers["ema"]  # the EMA starts at the initial adapter...
-    _perturb_adapter(model)  # ...and the student moves away from it
+    _perturb_adapter(model)  # the EMAs start at the initial adapter, and the student moves away from it
     base_params = {n: p for n, p in model.named_parameters() if "lora_" not in n}
     pointers = {n: p.data_ptr() for n, p in base_params.items()}
-    shadow = sum(t.numel() for t in ema.shadow.values())
-    assert shadow < 0.1 * sum(p.numel() for p in base_params.values())  # only adapter tensors are copied
+    adapter = sum(p.numel() for p in lora_parameters(model).values())
+    for kind in ("ema", "factor_ema"):  # only adapter-sized state is kept (the default ema_rank), never base weights
+        state = sum(t.numel() for t in teachers[kind].state_dict().values())
+        assert state <= TeacherConfig().ema_rank * adapter and state < 0.1 * sum(p.numel() for p in base_params.values())
 
     batch = _batch(tokenizer, demo_examples[:2])
     seen = {}
@@ -76,7 +78,7 @@ def test_teacher_views_share_the_base_weights(lora_model, demo_examples):
         seen[kind] = logits
     # The views are really different teachers, computed on the same weights in memory.
     assert not torch.allclose(seen["base"], seen["live"])
-    assert not torch.allclose(seen["ema"], seen["live"])
+    assert not torch.allclose(seen["ema"], seen["live"]) and not torch.allclose(seen["factor_ema"], seen["live"])
     # 'base' is exactly the model without adapter.
     fresh, _ = load_model("embedded")
     with torch.no_grad():
@@ -88,9 +90,9 @@ def test_teacher_views_share_the_base_weights(lora_model, demo_examples):
     torch.testing.assert_close(live_again, seen["live"], rtol=0, atol=0)
 
 
-def test_ema_update_moves_towards_student(lora_model):
+def test_factor_ema_update_moves_each_factor_towards_the_student(lora_model):
     model, _ = lora_model
-    ema = EMATeacher(model, rate=0.25)
+    ema = FactorEMATeacher(model, rate=0.25)
     name, param = next(iter(lora_parameters(model).items()))
     start = ema.shadow[name].clone()
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sdft_kit.cli import main
-from sdft_kit.config import Config
+from sdft_kit.config import Config, TeacherConfig
 from sdft_kit.models import lora_parameters
 from sdft_kit.objectives import DIVERGENCES, objectives_on_example
 from sdft_kit.teachers import make_teacher

@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
-from sdft_kit import Config, Trainer, load_records
+from sdft_kit import Config, TeacherConfig, Trainer, load_records
 from sdft_kit.demos import student_prompt, teacher_prompt
 from sdft_kit.losses import sequence_mean, token_divergence
 from sdft_kit.batch import completion_logits
 from sdft_kit.rollout import RolloutConfig, rollout
 from sdft_kit.scoring import score_teacher
-from sdft_kit.teachers import make_teacher
+from sdft_kit.teachers import FactorEMATeacher, make_teacher
 
 TINY = dict(batch_size=2, max_new_tokens=12, threads=0, save_every=1)
 
@@ -105,9 +105,25 @@ def test_resume_sdft_restores_ema_teacher(demo_examples, tmp_path):
     first = Trainer(config, demo_examples, tmp_path / "run")
     next(first.steps())
     resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
-    for name, tensor in first.teacher.shadow.items():
-        torch.testing.assert_close(resumed.teacher.shadow[name], tensor, rtol=0, atol=0)
+    saved = first.teacher.state_dict()
+    assert saved and saved.keys() == resumed.teacher.state_dict().keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(resumed.teacher.state_dict()[name], tensor, rtol=0, atol=0)
     assert [r["step"] for r in resumed.train(progress=False)] == [2]
+
+
+def test_a_run_from_before_the_weight_ema_resumes_with_its_factor_ema(demo_examples, tmp_path):
+    """A checkpoint whose 'ema' teacher state holds averaged LoRA factors (sdft-kit before the weight EMA) goes on
+    with that teacher, under its old config, instead of failing or silently restarting the teacher."""
+    old = Config().replace(steps=2, teacher="factor_ema", **{**TINY, "threads": 1})
+    first = Trainer(old, demo_examples, tmp_path / "run")
+    next(first.steps())
+    (tmp_path / "run" / "config.yaml").write_text(old.replace(teacher="ema").to_yaml())  # what the old version wrote
+    with pytest.warns(UserWarning, match="continues as teacher 'factor_ema'"):
+        resumed = Trainer(old.replace(teacher="ema"), demo_examples, tmp_path / "run", resume=True)
+    assert isinstance(resumed.teacher, FactorEMATeacher)
+    for name, tensor in first.teacher.state_dict().items():
+        assert torch.equal(resumed.teacher.state_dict()[name], tensor)
 
 
 def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
@@ -122,6 +138,22 @@ def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(Config().replace(steps=1, **TINY), demo_examples, tmp_path / "new", model=model,
                 tokenizer=tokenizer, resume=True)
+
+
+def test_a_thinking_teacher_over_a_non_thinking_student(tiny_model_dir, demo_examples, one_thread):
+    """teacher_thinking renders the teacher's prompts alone (OPSD's pairing); the inspector takes it as chosen."""
+    path = str(tiny_model_dir("qwen3"))
+    config = Config().replace(model=path, thinking="off", teacher_thinking="on", steps=1, batch_size=2,
+                              max_new_tokens=4, threads=1)
+    trainer = Trainer(config, demo_examples[:2])
+    batch = trainer.make_batch([0, 1])
+    empty_think = "<think>\n\n</think>\n\n"
+    tokenizer = trainer.tokenizer
+    for row in range(2):
+        student = tokenizer.decode(batch.prompt_ids[row][batch.prompt_mask[row].bool()])
+        teacher = tokenizer.decode(batch.teacher_prompt_ids[row][batch.teacher_prompt_mask[row].bool()])
+        assert student.endswith(empty_think) and not teacher.endswith(empty_think)
+    assert not [f for r in trainer.inspection.records for f in r.flags if f.kind == "thinking"]
 
 
 def test_steps_per_generation_samples_once_for_several_steps_and_a_resume_samples_the_unused_again(
