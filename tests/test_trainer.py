@@ -122,3 +122,23 @@ def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(Config().replace(steps=1, **TINY), demo_examples, tmp_path / "new", model=model,
                 tokenizer=tokenizer, resume=True)
+
+
+def test_steps_per_generation_samples_once_for_several_steps_and_a_resume_samples_the_unused_again(
+        demo_examples, tmp_path, one_thread):
+    config = Config().replace(steps=4, steps_per_generation=2, **TINY)
+    trainer = Trainer(config, demo_examples, tmp_path / "run")
+    calls, sample = [], trainer.engine.sample
+    trainer.engine.sample = lambda prompts, **kw: calls.append(len(prompts)) or sample(prompts, **kw)
+    records = []
+    for record in trainer.steps():
+        records.append(record)
+        if record["step"] == 3:
+            break  # checkpointed (save_every 1), with step 4's rollouts sampled and not yet used
+    assert calls == [4, 4]  # one engine call for steps 1-2, one for 3-4
+    assert records[0]["seconds"]["rollout"] > 0 and records[1]["seconds"]["rollout"] == 0
+    assert records[0]["is_weight"] == pytest.approx(1.0, abs=1e-3)  # sampled by the policy it trains
+    assert records[1]["is_weight"] is not None  # the reused rollouts are weighted for the policy having moved
+    unused = trainer.pending[0][0]  # step 4's examples
+    resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
+    assert resumed.step == 3 and resumed.order.seen == 6 and resumed.order.peek(2) == unused
