@@ -104,8 +104,7 @@ class Dashboard:
         self.records.append(record)
         runs = [self.records] + ([self.compare] if self.compare else [])
         self.figures["curves"] = curves(*runs)
-        scored = [r.get("monitor") or r.get("monitor_start") for r in self.records]  # the monitor's, if it runs
-        self.status.value = status_line(record, next((s for s in reversed(scored) if s), None))
+        self.status.value = self._status()
         tokens = (record.get("sample") or {}).get("tokens") or []
         self._syncing = True
         options = self._metric_options(metrics_for(record))
@@ -118,6 +117,11 @@ class Dashboard:
         self._syncing = False
         self._draw_tokens()
         self._show("curves")
+
+    def _status(self) -> str:
+        """The latest record's status line, with the forgetting monitor's latest scores if it runs."""
+        scored = [r.get("monitor") or r.get("monitor_start") for r in self.records]
+        return status_line(self.records[-1], next((s for s in reversed(scored) if s), None))
 
     def _on_control(self, change) -> None:
         if not self._syncing and self.records:
@@ -152,7 +156,7 @@ class Dashboard:
         the strip and the detail, as an image and as HTML. Empty where no step came or no PNG can be made."""
         if not self.records:
             return {}, {}
-        status = re.sub(r"</?b>", "", status_line(self.records[-1]))  # plain text
+        status = re.sub(r"</?b>", "", self._status())  # plain text
         parts = [self.figures[name] for name in ("curves", "strip", "detail")]
         png = stack_png(parts, "dashboard at the end: " + status)
         image = png_bundle(png, f"training dashboard, last state: {status}")

@@ -68,6 +68,17 @@ def test_held_out_records_leave_the_training_data(tmp_path):
         Config().replace(keep_checkpoints="tradeoff")
 
 
+def test_a_bad_probe_is_one_line_before_the_model_loads(tmp_path, capsys):
+    from sdft_kit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", DATA, "--out", str(out), "--monitor-every", "2", "--monitor-probe", "nope.jsonl",
+                 "--report-to", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "--monitor-probe" in err and "Traceback" not in err
+    assert not out.exists()  # nothing written
+
+
 def test_scores_on_the_embedded_model_fall_when_the_model_is_damaged(lora_model, one_thread):
     from sdft_kit.generation import generate_text
     from sdft_kit.demos import student_prompt
