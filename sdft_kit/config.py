@@ -1,7 +1,7 @@
 """Run configuration: one dataclass per concern, each field with a default and help.
 
 A YAML file maps onto it section by section (model:, teacher:, rollout:, loss:,
-train:), and every field is also a CLI flag of `sdft-kit train` (`--lora-r 8`).
+train:, monitor:), and every field is also a CLI flag of `sdft-kit train` (`--lora-r 8`).
 The choices of every mode are `Literal` types below; their tuples (`TEACHER_KINDS`,
 `ENGINES`, ...) are what the config, the CLI and the app offer.
 """
@@ -51,6 +51,8 @@ Thinking = Literal["auto", "on", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 # Where step records are also logged: see tracking.open_tracker ('auto': trackio when installed, else none).
 ReportTo = Literal["auto", "trackio", "tensorboard", "wandb", "none"]
+# Which adapters a run keeps: see monitor.py ('tradeoff': the forgetting monitor's Pareto front too).
+KeepCheckpoints = Literal["last", "tradeoff"]
 
 TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -63,6 +65,7 @@ TEACHER_THINKING: tuple[str, ...] = get_args(TeacherThinking)
 TOPK_SUPPORTS: tuple[str, ...] = get_args(TopkSupport)
 IS_LEVELS: tuple[str, ...] = get_args(ISLevel)
 REPORT_TO: tuple[str, ...] = get_args(ReportTo)
+KEEP_CHECKPOINTS: tuple[str, ...] = get_args(KeepCheckpoints)
 # Fields renamed since a run directory's config.yaml may have been written: old name -> new name.
 RENAMED = {"weights": "engine"}
 
@@ -282,12 +285,43 @@ class TrainConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The forgetting monitor (monitor.py): off by default; what it costs is in docs/instruments.md."""
+
+    monitor_every: int = _help(0, "forgetting monitor: score the prior-skills probe and the new task before step 1, "
+                                  "every N steps and at the last step, into the step records; 0 = off", at_least=0)
+    monitor_probe: str = _help("skills_probe", "prior skills: the bundled 'skills_probe' or a JSONL file of eval "
+                                               "items (prompt, answers, kind, choices: see tasks.load_eval_items)")
+    monitor_new_task: str = _help("holdout", "new task: 'holdout' (ROUGE-L F1 of greedy answers to the demonstrations "
+                                             "of monitor_holdout records kept out of training), or a bundled task's "
+                                             "name or an eval-items JSONL file (accuracy on its items)")
+    monitor_holdout: int = _help(8, "training records held out (never trained on) for monitor_new_task 'holdout'",
+                                 at_least=1)
+    monitor_limit: int = _help(32, "items of the probe (and of an eval-items new task) scored each time; 0 = all",
+                               at_least=0)
+    keep_checkpoints: KeepCheckpoints = _help("last", "'last': the final adapter; 'tradeoff': also the adapter of "
+                                                      "every monitored step on the Pareto front of (new task, prior "
+                                                      "skills), in checkpoints/step-N/adapter; the model card names "
+                                                      "the chosen one", choices=KEEP_CHECKPOINTS)
+    monitor_tolerance: float = _help(0.05, "the model card's choice among monitored steps: the best new-task score "
+                                           "among those whose prior-skills score is at most this much below the "
+                                           "start's (0.05: 5 points)", at_least=0, at_most=1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.keep_checkpoints == "tradeoff" and not self.monitor_every:
+            raise ValueError("keep_checkpoints 'tradeoff' keeps the forgetting monitor's best steps: set monitor_every "
+                             "(e.g. --monitor-every 5) as well")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

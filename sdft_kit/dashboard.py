@@ -11,7 +11,8 @@ or, to keep the loop in your hands:
         dash.update(record)
     dash.finish()
 
-It shows the loss and mean-KL curves growing step by step, the latest rollout as a token
+It shows the loss and mean-KL curves growing step by step (with the forgetting monitor's scores, when
+the run has them), the latest rollout as a token
 strip, and the student's and teacher's top-k at one token; a dropdown picks the colouring
 metric and a slider the token. All figures come from `sdft_kit.views`. ipywidgets is
 imported when a Dashboard is made, so importing this module needs only plotly.
@@ -35,8 +36,9 @@ from .records import StepRecord
 from .views import METRICS, SDFT_METRICS, curves, loudest_token, metrics_for, token_detail, token_strip
 
 
-def status_line(record: StepRecord) -> str:
-    """The headline of a step record, as HTML: step, method, loss, mean KL, speed."""
+def status_line(record: StepRecord, monitor: dict | None = None) -> str:
+    """The headline of a step record, as HTML: step, method, loss, mean KL, speed; then the forgetting monitor's
+    latest scores (`monitor`, an evaluation: see monitor.py), when the run has them."""
     parts = [f"<b>step {record.get('step', '?')}/{record.get('steps', '?')}</b>", str(record.get("method", "")).upper(),
              f"loss {record['loss']:.4f}" if record.get("loss") is not None else ""]
     if record.get("mean_kl") is not None:
@@ -50,6 +52,11 @@ def status_line(record: StepRecord) -> str:
     if elapsed and step and steps:  # as tqdm shows it: the run's mean step time so far, for the steps left
         left = f" < remaining {_clock(elapsed / step * (steps - step))}" if step < steps else ""
         parts.append(f"elapsed {_clock(elapsed)}{left}")
+    if monitor:
+        new = monitor["new_task"]
+        parts.append(f"<b>prior skills {monitor['prior_skills'] * 100:.1f}%</b>, <b>new task "
+                     + (f"{new * 100:.1f}%" if monitor["new_task_measure"] == "accuracy" else f"{new:.3f}")
+                     + f"</b> ({monitor['new_task_measure']}) at step {monitor['step']}")
     return " · ".join(part for part in parts if part)
 
 
@@ -97,7 +104,7 @@ class Dashboard:
         self.records.append(record)
         runs = [self.records] + ([self.compare] if self.compare else [])
         self.figures["curves"] = curves(*runs)
-        self.status.value = status_line(record)
+        self.status.value = self._status()
         tokens = (record.get("sample") or {}).get("tokens") or []
         self._syncing = True
         options = self._metric_options(metrics_for(record))
@@ -110,6 +117,11 @@ class Dashboard:
         self._syncing = False
         self._draw_tokens()
         self._show("curves")
+
+    def _status(self) -> str:
+        """The latest record's status line, with the forgetting monitor's latest scores if it runs."""
+        scored = [r.get("monitor") or r.get("monitor_start") for r in self.records]
+        return status_line(self.records[-1], next((s for s in reversed(scored) if s), None))
 
     def _on_control(self, change) -> None:
         if not self._syncing and self.records:
@@ -144,7 +156,7 @@ class Dashboard:
         the strip and the detail, as an image and as HTML. Empty where no step came or no PNG can be made."""
         if not self.records:
             return {}, {}
-        status = re.sub(r"</?b>", "", status_line(self.records[-1]))  # plain text
+        status = re.sub(r"</?b>", "", self._status())  # plain text
         parts = [self.figures[name] for name in ("curves", "strip", "detail")]
         png = stack_png(parts, "dashboard at the end: " + status)
         image = png_bundle(png, f"training dashboard, last state: {status}")

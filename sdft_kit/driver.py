@@ -65,12 +65,25 @@ class Outcome:
         return self.step < self.steps
 
 
+def monitor_text(evaluation: dict) -> str:
+    """The forgetting monitor's scores as text: 'prior skills 96.8%  new task 0.312 (ROUGE-L F1, 7.9s)'."""
+    new = evaluation["new_task"]
+    new_text = f"{new * 100:.1f}%" if evaluation["new_task_measure"] == "accuracy" else f"{new:.3f}"
+    return (f"prior skills {evaluation['prior_skills'] * 100:.1f}%  new task {new_text} "
+            f"({evaluation['new_task_measure']}, {evaluation['seconds']:.1f}s)")
+
+
 def step_line(record: StepRecord) -> str:
-    """One step as a line of text (the CLI and the demo print it)."""
+    """One step as a line of text (the CLI and the demo print it); the forgetting monitor's scores follow on the
+    steps it scored, and a line for step 0 (the weights before training) comes first in a run's first record."""
     kl = "" if record.get("mean_kl") is None else f"  mean KL {record['mean_kl']:.4f}"
     s = record["seconds"]
-    return (f"step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
-            f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB")
+    start = ""
+    if record.get("monitor_start"):  # the scores of the weights before step 1
+        start = f"step {0:>3}/{record['steps']}  {monitor_text(record['monitor_start'])}\n"
+    monitor = f"  {monitor_text(record['monitor'])}" if record.get("monitor") else ""
+    return (f"{start}step {record['step']:>3}/{record['steps']}  loss {record['loss']:.4f}{kl}  "
+            f"tokens {record['tokens']:>4}  {s['total']:.1f}s  peak {record['peak_mem_mb']:.0f} MB{monitor}")
 
 
 def steps(trainer: Trainer, instruments: Sequence[Instrument] = ()) -> Iterator[StepRecord]:
@@ -80,10 +93,17 @@ def steps(trainer: Trainer, instruments: Sequence[Instrument] = ()) -> Iterator[
     `save_every` steps, at the last step, when stopped (`trainer.stop()`) and before NonFiniteSteps is
     raised, and the adapter is saved at the end. The run stays locked until the steps end.
     """
+    from .monitor import Monitor
+
     run, config = trainer.run, trainer.config.train
     if run is not None:
         run.acquire()
     try:
+        # The forgetting monitor (monitor.py): scores before step 1, every monitor_every steps and at the end.
+        monitor = Monitor(trainer) if trainer.probes is not None else None
+        if monitor is not None:
+            monitor.start()
+            instruments = [*instruments, monitor]
         while trainer.step < config.steps and not trainer.processes.any(trainer.stop_requested):  # all stop together
             try:
                 record = trainer.train_step()
@@ -96,8 +116,12 @@ def steps(trainer: Trainer, instruments: Sequence[Instrument] = ()) -> Iterator[
                 run.append_record(record)
                 if trainer.step % config.save_every == 0 or trainer.step == config.steps or trainer.stop_requested:
                     trainer.save_checkpoint()
+                    if monitor is not None:
+                        monitor.after_checkpoint()  # adapters now beaten for good go
             yield record
         trainer.checkpoint_if_behind()  # stopped while the last record was being handled
+        if monitor is not None:
+            monitor.after_checkpoint()
         if run is not None:
             run.save(ADAPTER, lambda path: save_adapter(trainer.model, trainer.tokenizer, path, trainer.out_dir,
                                                         len(trainer.examples)), trainer.step)

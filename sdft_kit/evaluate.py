@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .batch import mean_logprobs
@@ -186,10 +187,12 @@ class EvalResult:
 
 
 def evaluate(model, tokenizer, items: list[EvalItem], *, max_new_tokens: int = 64, batch_size: int = 8,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, generate: Callable[..., list[str]] = generate_text) -> EvalResult:
     """Score the model on the items: greedy generation for fact/tool/extract, log-likelihood for choice.
 
-    Prompts are batched by rendered length (less padding); results keep the items' order.
+    Prompts are batched by rendered length (less padding); results keep the items' order. `generate(model,
+    tokenizer, prompts, max_new_tokens)` writes the answers (the forgetting monitor passes one that leaves the
+    weights bit for bit as they were).
     """
     from tqdm.auto import tqdm
 
@@ -211,7 +214,7 @@ def evaluate(model, tokenizer, items: list[EvalItem], *, max_new_tokens: int = 6
         order = sorted(prompts, key=lambda i: len(prompts[i]))
         for first in range(0, len(order), batch_size):
             rows = order[first:first + batch_size]
-            texts = generate_text(model, tokenizer, [prompts[i] for i in rows], max_new_tokens)
+            texts = generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens)
             for i, text in zip(rows, texts):
                 outputs[i], correct[i] = text, score_output(text, items[i])
             bar.update(len(rows))

@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import Config
 from .evaluate import EvalItem, evaluate
 from .records import StepRecord
-from .tasks import Task, load_task
+from .tasks import TASKS, Task, load_task
 
 METHODS = ("sft", "sdft")
 # What `sdft-kit compare` / `continual` run unless told otherwise (the rest: Config's defaults).
@@ -69,6 +69,8 @@ def train_run(config: Config, task: Task, run_dir: Path, model, tokenizer, progr
     from .driver import train
     from .trainer import Trainer
 
+    if config.monitor.monitor_every and config.monitor.monitor_new_task == "holdout" and task.name in TASKS:
+        config = config.replace(monitor_new_task=task.name)  # the forgetting monitor scores the task's eval split
     start = time.perf_counter()
     trainer = Trainer(config, task.train, run_dir, model=model, tokenizer=tokenizer)
     outcome = train(trainer, progress=progress, tracker_name=f"{run_dir.parent.name}-{run_dir.name}")

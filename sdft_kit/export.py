@@ -1,7 +1,8 @@
 """Sharing a run: the adapter with a model card, a merged 16-bit model, and a push to the Hugging Face Hub.
 
     write_model_card(run_dir)                 README.md in the run's adapter/: base, method, data, settings,
-                                              final metrics, the teacher check's verdict, how to load it
+                                              final metrics, the forgetting monitor's scores and chosen step,
+                                              the teacher check's verdict, how to load it
     export_adapter(run_dir, out_dir)          a self-contained copy of the adapter (PEFT format, card,
                                               tokenizer, the run's config as sdft_kit_config.yaml)
     export_merged(run_dir, out_dir, dtype)    base + adapter merged, saved in bfloat16 or float16 (the base
@@ -164,7 +165,10 @@ def model_card(run_dir: str | Path, *, examples: int | None = None, merged: str 
     lines += [f"| {name} | {value} |" for name, value in _settings(config)]
     lines += ["", "## Results of training", "", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in _metrics(records)]
-    lines += ["", "## Teacher check", "", "Is the model, shown a demonstration, a better answerer than without it "
+    from .monitor import card_lines
+
+    lines += [""] + card_lines(records, config, run_dir)  # the forgetting monitor's scores, if it ran
+    lines += ["## Teacher check", "", "Is the model, shown a demonstration, a better answerer than without it "
               "(`sdft-kit check-teacher`)?", "", _teacher_check(run_dir), "", "## How to load", "", "```python"]
     if merged:
         lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",

@@ -56,7 +56,15 @@ def scalars(record: StepRecord) -> dict[str, float]:
     flat = {key: record.get(key) for key in ("loss", "mean_kl", "lr", "grad_norm", "is_weight", "tokens",
                                              "elapsed_s", "peak_mem_mb")}
     flat.update({f"seconds/{phase}": value for phase, value in (record.get("seconds") or {}).items()})
+    flat.update(monitor_scalars(record.get("monitor")))
     return {key: float(value) for key, value in flat.items() if value is not None}
+
+
+def monitor_scalars(evaluation: dict | None) -> dict[str, float]:
+    """The forgetting monitor's scores of one evaluation (monitor.py) as monitor/<name>; none if it did not run."""
+    if not evaluation:
+        return {}
+    return {f"monitor/{key}": float(evaluation[key]) for key in ("prior_skills", "new_task", "seconds")}
 
 
 def sample_row(record: StepRecord) -> list:
@@ -81,6 +89,8 @@ class Tracker:
         """Log one record (its scalars, and its sample as a one-row table); returns it, for chaining."""
         row = sample_row(record) if record.get("sample") else None
         self.rows += [row] if row else []
+        if record.get("monitor_start"):  # the forgetting monitor's scores before step 1: the curves start there
+            self._log(0, monitor_scalars(record["monitor_start"]), [])
         self._log(record["step"], scalars(record), [row] if row else [])
         return record
 

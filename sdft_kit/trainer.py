@@ -39,6 +39,7 @@ from .driver import NonFiniteSteps
 from .inspector import inspect_prompts
 from .losses import chunk_shares
 from .methods import batches_per_call, make_batch, method_of, next_batches
+from .monitor import load_probes
 from .models import (add_lora, context_length, load_model, lora_parameters, peak_rss_mb, release_freed_memory,
                      set_threads)
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
@@ -78,6 +79,7 @@ class Trainer:
                  model=None, tokenizer=None, resume: bool = False):
         if not examples:
             raise ValueError("no training examples")
+        examples, self.probes = load_probes(config, examples)  # the forgetting monitor's (None when it is off)
         self.config, self.examples, self.method = config, examples, method_of(config)
         # Several processes (accelerate launch): each trains on its shard; process 0 alone writes the run.
         self.processes = launched_processes()

@@ -2,7 +2,8 @@
 
     token_strip(record)       the student's completion, each token coloured by a metric
     token_detail(record, i)   student and teacher top-k at one position, side by side
-    curves(*runs)             loss and mean KL per step, raw points and a smoothed line
+    curves(*runs)             loss and mean KL per step, raw points and a smoothed line (and the forgetting
+                              monitor's scores, when a run has them)
     retention_matrix(...)     score on each task after each stage of a sequential run
     before_after(...)         one prompt: base answer, trained answer, teacher's answer
     token_change(a, b)        one completion's per-token loss before and after an update
@@ -346,9 +347,16 @@ def curves(*runs: list[StepRecord], names: list[str] | None = None, weight: floa
     Each run is a list of step records; pass an SDFT and an SFT run to compare them on one
     chart. Points are the raw values, the line an EMA (`weight`); the legend names the runs (their
     colours) and, in grey, the two marks. The SDFT loss is the KL
-    to the teacher, the SFT loss the NLL of the demonstration; SFT has no KL curve."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=["loss (SDFT: KL to teacher · SFT: NLL)", "mean per-token KL (SDFT)"])
+    to the teacher, the SFT loss the NLL of the demonstration; SFT has no KL curve.
+
+    Runs scored by the forgetting monitor (records with `monitor`, see monitor.py) get a third panel: the
+    prior-skills score (solid) and the new-task score (dashed) from step 0, the weights before training."""
+    monitored = [[r[key] for r in records for key in ("monitor_start", "monitor") if r.get(key)] for records in runs]
+    titles = ["loss (SDFT: KL to teacher · SFT: NLL)", "mean per-token KL (SDFT)"]
+    if any(monitored):
+        titles.append("forgetting monitor: prior skills · new task")
+    fig = make_subplots(rows=1, cols=len(titles), horizontal_spacing=0.1 if len(titles) == 2 else 0.07,
+                        subplot_titles=titles)
     used: dict[str, int] = {}
     for i, records in enumerate(runs):
         method = str(records[0].get("method", "sdft")) if records else "sdft"
@@ -367,11 +375,25 @@ def curves(*runs: list[StepRecord], names: list[str] | None = None, weight: floa
             fig.add_trace(go.Scatter(x=steps, y=smooth(raw, weight), mode="lines", name=name, legendgroup=name,
                                      line=dict(color=colour, width=2.5), connectgaps=True,
                                      showlegend=col == 1), row=1, col=col)
+        for key, label, dash in (("prior_skills", "prior skills", "solid"), ("new_task", "new task", "dash")):
+            if not monitored[i]:
+                break
+            fig.add_trace(go.Scatter(
+                x=[e["step"] for e in monitored[i]], y=[e[key] for e in monitored[i]], mode="lines+markers",
+                name=f"{name} {label}", legendgroup=name, showlegend=False, line=dict(color=colour, width=2, dash=dash),
+                customdata=[e["new_task_measure"] if key == "new_task" else "accuracy" for e in monitored[i]],
+                hovertemplate=f"{escaped(name)} {label}: %{{y:.3f}} (%{{customdata}}) at step %{{x}}<extra></extra>"),
+                row=1, col=3)
     # A key to the two marks, in grey: what a dot is and what a line is, whatever the run.
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="raw value at each step",
                              marker=dict(color="#777", size=7, opacity=0.5)), row=1, col=1)
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"smoothed (EMA, weight {weight:g})",
                              line=dict(color="#777", width=2.5)), row=1, col=1)
+    if any(monitored):
+        for label, dash in (("prior skills (accuracy on the probe)", "solid"), ("new task (held-out score)", "dash")):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label,
+                                     line=dict(color="#777", width=2, dash=dash)), row=1, col=3)
+        fig.update_yaxes(range=[0, 1.03], title_text="score (0-1)", row=1, col=3)
     last_step = max((r["step"] for records in runs for r in records), default=1)
     fig.update_xaxes(title_text="step", dtick=max(1, math.ceil(last_step / 10)))  # whole steps only
     fig.update_layout(template="plotly_white", height=340, margin=dict(l=50, r=20, t=60, b=50),

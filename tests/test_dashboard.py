@@ -184,3 +184,19 @@ def test_a_finished_or_stopped_run_leaves_its_last_state_as_a_picture_behind_the
     notebook.metadata.pop("widgets", None)
     page, _ = HTMLExporter().from_notebook_node(notebook)
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 2
+
+
+def test_the_status_line_keeps_the_forgetting_monitors_latest_scores():
+    from sdft_kit.dashboard import status_line
+
+    scored = {"step": 2, "prior_skills": 0.875, "new_task": 0.3125, "new_task_measure": "ROUGE-L F1"}
+    line = status_line({"step": 3, "steps": 10, "method": "sdft", "loss": 0.5}, scored)
+    assert "prior skills 87.5%" in line and "new task 0.312" in line and "at step 2" in line
+    assert "prior skills" not in status_line({"step": 3, "steps": 10, "method": "sdft", "loss": 0.5})
+    dash = Dashboard()
+    dash.update({**make_record(step=1), "monitor_start": {**scored, "step": 0, "prior_skills": 1.0}})
+    assert "prior skills 100.0%" in dash.status.value and "at step 0" in dash.status.value
+    dash.update({**make_record(step=2), "monitor": scored})
+    dash.update(make_record(step=3))  # not scored: the latest scores stay
+    assert "step 3/3" in dash.status.value and "prior skills 87.5%" in dash.status.value
+    assert [t.name for t in dash.figures["curves"].data if t.xaxis == "x3"][:2] == ["SDFT prior skills", "SDFT new task"]

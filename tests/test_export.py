@@ -154,3 +154,29 @@ def test_push_creates_the_repo_and_uploads_the_folder_with_its_card(run_dir, tmp
     assert url == "https://huggingface.co/me/my-adapter"
     assert export.has_our_card(run / "adapter")  # peft's blank card was replaced by the run's
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_HUB_ID
+
+
+def test_the_card_shows_the_forgetting_monitors_steps_and_names_the_chosen_one(tmp_path):
+    from sdft_kit.export import model_card
+
+    def scored(step, new, prior):
+        return {"step": step, "new_task": new, "prior_skills": prior, "new_task_measure": "accuracy", "n_prior": 31,
+                "n_new": 20, "seconds": 4.0 + step}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    Config().replace(steps=4, monitor_every=2, monitor_new_task="knowledge", monitor_tolerance=0.1).save(
+        run / "config.yaml")
+    records = [_record(step, 1.0 / step) for step in (1, 2, 3, 4)]
+    records[0]["monitor_start"], records[1]["monitor"], records[3]["monitor"] = \
+        scored(0, 0.05, 1.0), scored(2, 0.25, 0.9), scored(4, 0.5, 0.6)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    card = str(model_card(run))
+    assert "## Forgetting monitor" in card and "accuracy on 20 items of knowledge" in card
+    assert "every 2 steps" in card and "(median 6.0 s each)" in card
+    assert "| 2 | 0.250 | 90.0% | yes | not kept |" in card  # this run kept the final adapter only
+    assert "| 4 | 0.500 | 60.0% | yes | `adapter/` (the final adapter) |" in card
+    assert "**Chosen: step 2** (not kept)" in card and "at most 10 points below the start's (100.0%" in card
+    assert "--keep-checkpoints tradeoff` keeps every step of the front" in card
+    (run / "metrics.jsonl").write_text("".join(json.dumps(_record(step, 0.5)) + "\n" for step in (1, 2)))
+    assert "Forgetting monitor" not in str(model_card(run))  # not monitored: no section

@@ -167,3 +167,25 @@ def test_cli_compare_shows_bars_and_logs_each_training_run(tmp_path):
         events.Reload()
         record = json.loads((out / f"{method}-seed0" / "metrics.jsonl").read_text())
         assert [e.value for e in events.Scalars("loss")] == pytest.approx([record["loss"]], rel=1e-6)
+
+
+def test_the_forgetting_monitors_scores_are_logged_from_step_0():
+    from sdft_kit.tracking import Tracker
+
+    class Kept(Tracker):
+        def __init__(self):
+            super().__init__()
+            self.logged = []
+
+        def _log(self, step, values, rows):
+            self.logged.append((step, values))
+
+    first = {**record(1, 0.5), "monitor_start": {"step": 0, "prior_skills": 1.0, "new_task": 0.25, "seconds": 3.0},
+             "monitor": {"step": 1, "prior_skills": 0.75, "new_task": 0.5, "seconds": 2.0}}
+    tracker = Kept()
+    tracker.log(first)
+    tracker.log(record(2, 0.4))
+    (step0, start), (step1, values), (step2, later) = tracker.logged
+    assert step0 == 0 and start == {"monitor/prior_skills": 1.0, "monitor/new_task": 0.25, "monitor/seconds": 3.0}
+    assert step1 == 1 and values["monitor/prior_skills"] == 0.75 and values["monitor/new_task"] == 0.5
+    assert values["loss"] == 0.5 and step2 == 2 and not any(key.startswith("monitor/") for key in later)

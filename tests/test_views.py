@@ -263,3 +263,21 @@ def test_curves_legend_names_the_raw_dots_and_the_smoothed_line():
     fig = curves([make_record(step=1), make_record(step=2, loss=0.3)], weight=0.6)
     legend = {t.name: t.mode for t in fig.data if t.showlegend is not False}
     assert legend == {"SDFT": "lines", "raw value at each step": "markers", "smoothed (EMA, weight 0.6)": "lines"}
+
+
+def test_curves_draw_the_forgetting_monitors_scores_in_a_third_panel_when_a_run_has_them():
+    def scored(step, prior, new):
+        return {"step": step, "prior_skills": prior, "new_task": new, "new_task_measure": "ROUGE-L F1", "seconds": 1.0}
+
+    sdft = [make_record(step=1), make_record(step=2), make_record(step=3)]
+    sdft[0]["monitor_start"], sdft[1]["monitor"], sdft[2]["monitor"] = scored(0, 1.0, 0.2), scored(2, 0.9, 0.4), \
+        scored(3, 0.8, 0.5)
+    fig = curves(sdft, [make_record(step=1, method="sft")])
+    panel = {t.name: t for t in fig.data if t.xaxis == "x3"}
+    assert list(panel["SDFT prior skills"].x) == [0, 2, 3] and list(panel["SDFT prior skills"].y) == [1.0, 0.9, 0.8]
+    assert list(panel["SDFT new task"].y) == [0.2, 0.4, 0.5] and panel["SDFT new task"].line.dash == "dash"
+    assert "SFT prior skills" not in panel  # the SFT run was not monitored
+    assert "ROUGE-L F1" in panel["SDFT new task"].customdata and fig.layout.yaxis3.range == (0, 1.03)
+    assert fig.layout.annotations[2].text.startswith("forgetting monitor")
+    plain = curves([make_record(step=1)])
+    assert "xaxis3" not in plain.layout.to_plotly_json() and len(plain.layout.annotations) == 2  # as before
