@@ -489,11 +489,13 @@ def make_parser() -> argparse.ArgumentParser:
     obj.add_argument("--data", default=str(SAMPLE_DATA), help="JSONL or CSV of {prompt, demonstration} records")
     obj.add_argument("--example", type=int, default=0, help="which record (0-based)")
     obj.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
-    obj.add_argument("--template", default="paper", help="teacher template: paper, plain or system")
+    obj.add_argument("--template", default=Config().teacher.template, help="teacher template: system (the default "
+                     "preset's), paper or plain")
     obj.add_argument("--teacher", default="base", help="teacher kind: base, ema or live (at step 0 all three agree)")
     obj.add_argument("--max-new-tokens", type=int, default=48, help="length of the student's rollout")
     obj.add_argument("--topk", type=int, default=100, help="k of the top-k objectives")
-    obj.add_argument("--skip-first", type=int, default=3, help="completion tokens left out of every loss")
+    obj.add_argument("--skip-first", type=int, default=Config().loss.skip_first,
+                     help="completion tokens left out of every loss (the default preset's: 0; the paper's: 3)")
     obj.add_argument("--seed", type=int, default=0, help="seed of the rollout and the LoRA init")
     obj.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     obj.add_argument("--out", help="folder to write objectives.json and objectives.html to")

@@ -154,6 +154,10 @@ class RolloutConfig:
     temperature: float = _help(1.0, "sampling temperature (paper: 1.0)", above=0)
     top_p: float = _help(1.0, "nucleus sampling (paper: 1.0)", above=0, at_most=1)
     generations_per_prompt: int = _help(1, "student samples per prompt (paper: 1)", at_least=1)
+    steps_per_generation: int = _help(1, "optimizer steps whose rollouts one engine call samples together (as TRL "
+                                         "calls it): the later steps reuse them, each token weighted by "
+                                         "p_student_now / p_sampler (capped at loss.is_cap) for the policy having "
+                                         "moved. 1: every step samples its own (on-policy, the paper's)", at_least=1)
     max_context: int = _help(0, "tokens a prompt (student's or teacher's) plus max_new_tokens may take; 0: the "
                                 "model's context. Longer records stop the run before step 1 (see sdft-kit inspect)",
                              at_least=0)

@@ -24,9 +24,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoint import ADAPTER
+from .export import save_adapter
 from .records import StepRecord
 
 if TYPE_CHECKING:
@@ -38,6 +40,13 @@ Instrument = Callable[["Trainer", StepRecord], "dict | None"]
 
 class NonFiniteSteps(RuntimeError):
     """Training stopped: `max_bad_steps` steps in a row had a non-finite loss or gradients."""
+
+    @classmethod
+    def after(cls, step: int, limit: int, checkpoint: Path | None) -> NonFiniteSteps:
+        return cls(f"training stopped at step {step + 1}: the loss or the gradients were not finite {limit} times in "
+                   f"a row. The weights after step {step} are kept" + (f" (checkpoint in {checkpoint})" if checkpoint
+                                                                       else "")
+                   + "; start a new run with a lower --learning-rate, or raise --max-bad-steps")
 
 
 @dataclass
@@ -90,7 +99,8 @@ def steps(trainer: Trainer, instruments: Sequence[Instrument] = ()) -> Iterator[
             yield record
         trainer.checkpoint_if_behind()  # stopped while the last record was being handled
         if run is not None:
-            run.save(ADAPTER, trainer.save_adapter, trainer.step)
+            run.save(ADAPTER, lambda path: save_adapter(trainer.model, trainer.tokenizer, path, trainer.out_dir,
+                                                        len(trainer.examples)), trainer.step)
     finally:
         if run is not None:
             run.release()

@@ -14,6 +14,7 @@ tests/test_methods.py registers a toy one and trains it through the CLI). Its na
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -95,3 +96,19 @@ def make_batch(trainer: Trainer, indices: list[int]) -> Completions:
     return batch.with_teacher_prompts(tokenizer, [
         teacher_prompt(tokenizer, ex, trainer.selector.demos_for(i), cfg.teacher.template)
         for i, ex in zip(indices, examples) for _ in range(n)])
+
+
+def next_batches(trainer: Trainer) -> list[tuple[list[int], Completions]]:
+    """The next micro-batches as (this process's example indices, batch): one, or for a method that rolls out,
+    `rollout.steps_per_generation` steps' worth sampled in one engine call (the later ones reused)."""
+    train, rollout = trainer.config.train, trainer.config.rollout
+    count = rollout.steps_per_generation * train.grad_accum if trainer.method.batch == "rollout" else 1
+    # Each micro-batch: the global batch's next indices, of which this process takes its contiguous share.
+    groups = [trainer.processes.shard(trainer.order.take(train.batch_size * trainer.processes.world))
+              for _ in range(count)]
+    batch = make_batch(trainer, [i for group in groups for i in group])
+    if count == 1:
+        return [(groups[0], batch)]
+    ends = itertools.accumulate(len(group) * rollout.generations_per_prompt for group in groups)
+    return [(group, batch.select(slice(end - len(group) * rollout.generations_per_prompt, end)))
+            for group, end in zip(groups, ends)]

@@ -18,7 +18,7 @@ import contextlib
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
 from .batch import Completions, eos_ids, mask_after_eos, tokenize_prompts
 from .config import ENGINES, RolloutConfig
@@ -53,6 +53,30 @@ def merged_lora(model):
         model.unmerge_adapter()
 
 
+class SampledLogprobs:
+    """A logits processor that records the log-probability the student gave each token it sampled, at the sampling
+    temperature (before top-p, as the loss computes the student's): what reused rollouts are importance-weighted
+    by once the student has moved. transformers runs the caller's processors before its temperature and top-p
+    warpers, so `scores` here are the model's logits."""
+
+    def __init__(self, temperature: float):
+        self.temperature, self.previous, self.columns = temperature, None, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._gather(input_ids)
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _gather(self, sequences: torch.Tensor) -> None:
+        if self.previous is not None:  # the token sampled from the previous call's distribution
+            self.columns.append(self.previous.gather(-1, sequences[:, -1:]))
+
+    def logprobs(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(B, C): one log-prob per generated token of `sequences` (the last one gathered here)."""
+        self._gather(sequences)
+        return torch.cat(self.columns, dim=1)
+
+
 class HFEngine:
     """transformers' `generate` on the student's current weights: nothing to sync after a step."""
 
@@ -68,6 +92,10 @@ class HFEngine:
         n = config.generations_per_prompt
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
         sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": 0} if do_sample else {}
+        # Rollouts reused over several steps need the sampler's log-probs; on-policy ones do not.
+        recorder = SampledLogprobs(config.temperature) if do_sample and config.steps_per_generation > 1 else None
+        if recorder is not None:
+            sampling["logits_processor"] = LogitsProcessorList([recorder])
         eos = eos_ids(model, tokenizer)
         with eval_mode(model), merged_lora(model):
             sequences = model.generate(
@@ -83,7 +111,8 @@ class HFEngine:
         completion_mask = mask_after_eos(completion_ids, eos)
         # Padding after the end token is whatever generate wrote; make it the pad id for readability.
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-        return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask,
+        sampler = None if recorder is None else recorder.logprobs(sequences).masked_fill(completion_mask == 0, 0.0)
+        return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, sampler,
                            temperature=config.temperature if do_sample else 1.0)
 
     def after_step(self) -> None:

@@ -38,7 +38,7 @@ from .distributed import launched_processes, process_device
 from .driver import NonFiniteSteps
 from .inspector import inspect_prompts
 from .losses import chunk_shares
-from .methods import make_batch, method_of
+from .methods import make_batch, method_of, next_batches
 from .models import (add_lora, context_length, load_model, lora_parameters, peak_rss_mb, release_freed_memory,
                      set_threads)
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
@@ -115,6 +115,7 @@ class Trainer:
         if self.inspection.errors:
             raise DataError(self.inspection.summary().removeprefix("error: "))
         self.order = DataOrder(len(self.examples), train.seed)  # the data position: order.seen
+        self.pending: list[tuple[list[int], Completions]] = []  # rollouts sampled for the next micro-batches
         self.step, self.elapsed, self.saved_step = 0, 0.0, 0
         if self.run is not None and resume:
             if self.run.checkpoint is not None:
@@ -127,6 +128,15 @@ class Trainer:
         """The batch of these examples, as the method makes it (SFT's demonstrations, SDFT's rollouts)."""
         return make_batch(self, indices)
 
+    def _next_batch(self, seconds: dict[str, float]) -> tuple[list[int], Completions]:
+        """The next micro-batch's example indices and batch, from the batches `next_batches` sampled together."""
+        if not self.pending:
+            start = time.perf_counter()
+            self.pending = next_batches(self)
+            if self.engine is not None:
+                seconds["rollout"] += time.perf_counter() - start
+        return self.pending.pop(0)
+
     def _micro_batch(self, seconds: dict[str, float]) -> MicroBatch:
         """Forward and backward one micro-batch; adds each phase's time to `seconds`.
 
@@ -135,12 +145,7 @@ class Trainer:
         share of the batch (`chunk_shares`), which gives the whole batch's loss and gradients.
         """
         cfg = self.config
-        # The global batch's next indices, of which this process takes its contiguous share.
-        indices = self.processes.shard(self.order.take(cfg.train.batch_size * self.processes.world))
-        start = time.perf_counter()
-        batch = self.make_batch(indices)
-        if self.engine is not None:
-            seconds["rollout"] += time.perf_counter() - start
+        indices, batch = self._next_batch(seconds)
         loss = divergence_sum = is_weight_sum = 0.0
         is_weight_count, sample = 0, None
         mask = self.method.loss_mask(batch, cfg.loss)
@@ -175,11 +180,7 @@ class Trainer:
                 return record
             warnings.warn(f"step {self.step + 1}: the loss or the gradients were not finite; skipped it, the weights "
                           f"are unchanged ({bad} of at most {limit} in a row)", RuntimeWarning, stacklevel=2)
-        raise NonFiniteSteps(
-            f"training stopped at step {self.step + 1}: the loss or the gradients were not finite {limit} times in a "
-            f"row. The weights after step {self.step} are kept"
-            + (f" (checkpoint in {self.out_dir / CHECKPOINT})" if self.out_dir is not None and self.step else "")
-            + "; start a new run with a lower --learning-rate, or raise --max-bad-steps")
+        raise NonFiniteSteps.after(self.step, limit, self.run.path / CHECKPOINT if self.run and self.step else None)
 
     def _try_step(self) -> StepRecord | None:
         """One optimizer step and its record; None (nothing applied) if the loss or gradients are not finite."""
@@ -241,18 +242,14 @@ class Trainer:
         self.processes.close()
 
     # -- saving and resuming --
-    def save_adapter(self, path: str | Path) -> Path:
-        """The adapter in PEFT format, with its model card when there is a run directory (export.save_adapter)."""
-        from .export import save_adapter
-
-        return save_adapter(self.model, self.tokenizer, path, self.out_dir, len(self.examples))
-
     def save_checkpoint(self) -> Path:
         """Write checkpoint/ whole (checkpoint.write_state: adapter, optimizer, scheduler, teacher, RNG, data
         position), so that a crash at any moment, or a full disk, leaves a complete checkpoint."""
         if self.run is None:
             raise ValueError("this Trainer has no run directory (out_dir) to save a checkpoint in")
-        progress = {"step": self.step, "examples_seen": self.order.seen, "elapsed_s": self.elapsed}
+        # Rollouts sampled for later steps are not kept: a resumed run samples them again, from its data position.
+        unused = len(self.pending) * self.config.train.batch_size * self.processes.world
+        progress = {"step": self.step, "examples_seen": self.order.seen - unused, "elapsed_s": self.elapsed}
         path = self.run.save(CHECKPOINT, lambda folder: write_state(folder, self.model, self.optimizer,
                                                                     self.scheduler, self.teacher, progress), self.step)
         self.saved_step = self.step

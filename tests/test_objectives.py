@@ -23,7 +23,7 @@ def test_the_papers_objective_is_the_training_loss_and_the_others_compare_to_it(
     assert all(p.grad is None for p in lora_parameters(model).values())  # .grad untouched: autograd.grad only
 
     # forward KL (alpha 0) over the full vocabulary = what training computes and backpropagates on the same batch
-    config = Config().replace(teacher="base", topk=20)
+    config = Config().replace(teacher="base", topk=20, skip_first=3)  # objectives_on_example's skip_first
     training = sdft_objective(model, make_teacher(model), batch, config).student.loss
     training.backward()
     gradient = torch.cat([p.grad.flatten() for p in lora_parameters(model).values()]).double()

@@ -64,3 +64,21 @@ def test_chat_answers_one_message_like_generate_text_on_the_rendered_prompt(lora
     expected = generate_text(model, tokenizer, [render(tokenizer, messages)], 12)[0]
     assert chat(model, tokenizer, "What is 7 plus 5?", 12, system="Be brief.") == expected
     assert chat(model, tokenizer, messages, 12) == expected
+
+
+def test_rollouts_for_several_steps_keep_the_samplers_logprobs(lora_model, demo_examples, one_thread):
+    from sdft_kit.batch import completion_logits
+
+    model, tokenizer = lora_model
+    prompts = [student_prompt(tokenizer, ex) for ex in demo_examples[:2]]
+    assert rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=6)).sampler_logprobs is None  # on-policy
+    torch.manual_seed(0)
+    batch = rollout(model, tokenizer, prompts, RolloutConfig(max_new_tokens=10, temperature=0.7,
+                                                             steps_per_generation=2))
+    assert batch.sampler_logprobs.shape == batch.completion_ids.shape
+    with torch.no_grad():
+        logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch)
+    # what the loss computes for the student: log p(token) at the sampling temperature, from a full forward
+    full = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    counted = batch.completion_mask.bool()
+    torch.testing.assert_close(batch.sampler_logprobs[counted], full[counted], atol=1e-4, rtol=0)

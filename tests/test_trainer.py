@@ -40,7 +40,7 @@ def test_ten_sdft_steps_lower_the_kl_on_fixed_completions(lora_model, demo_examp
 
 def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     model, tokenizer = lora_model
-    config = Config().replace(steps=1, **TINY)
+    config = Config().replace(steps=1, skip_first=3, **TINY)
     trainer = Trainer(config, demo_examples, tmp_path / "run", model=model, tokenizer=tokenizer)
     first = trainer.order.peek(config.train.batch_size)
     assert trainer.order.peek(config.train.batch_size) == first and trainer.order.seen == 0  # peeking does not move
@@ -55,7 +55,7 @@ def test_records_carry_what_the_views_need(lora_model, demo_examples, tmp_path):
     assert n > 0 and "".join(sample["tokens"]).strip()
     for key in ("token_ids", "values", "in_loss", "student_logprob", "teacher_logprob", "student_topk", "teacher_topk"):
         assert len(sample[key]) == n, key
-    assert sample["in_loss"][:3] == [0] * min(3, n)  # the first 3 tokens are skipped by default
+    assert sample["in_loss"][:3] == [0] * min(3, n)  # skip_first 3: the first 3 tokens are left out
     top = sample["teacher_topk"][0]
     assert len(top) == 5 and all(a[1] >= b[1] for a, b in zip(top, top[1:]))  # sorted by probability
     # the file holds exactly what was yielded
@@ -101,7 +101,7 @@ def test_resume_continues_step_count_and_optimizer_state(demo_examples, tmp_path
 
 
 def test_resume_sdft_restores_ema_teacher(demo_examples, tmp_path):
-    config = Config().replace(steps=2, **TINY)
+    config = Config().replace(steps=2, teacher="ema", **TINY)
     first = Trainer(config, demo_examples, tmp_path / "run")
     next(first.steps())
     resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
@@ -122,3 +122,23 @@ def test_existing_run_is_never_overwritten(lora_model, demo_examples, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(Config().replace(steps=1, **TINY), demo_examples, tmp_path / "new", model=model,
                 tokenizer=tokenizer, resume=True)
+
+
+def test_steps_per_generation_samples_once_for_several_steps_and_a_resume_samples_the_unused_again(
+        demo_examples, tmp_path, one_thread):
+    config = Config().replace(steps=4, steps_per_generation=2, **TINY)
+    trainer = Trainer(config, demo_examples, tmp_path / "run")
+    calls, sample = [], trainer.engine.sample
+    trainer.engine.sample = lambda prompts, **kw: calls.append(len(prompts)) or sample(prompts, **kw)
+    records = []
+    for record in trainer.steps():
+        records.append(record)
+        if record["step"] == 3:
+            break  # checkpointed (save_every 1), with step 4's rollouts sampled and not yet used
+    assert calls == [4, 4]  # one engine call for steps 1-2, one for 3-4
+    assert records[0]["seconds"]["rollout"] > 0 and records[1]["seconds"]["rollout"] == 0
+    assert records[0]["is_weight"] == pytest.approx(1.0, abs=1e-3)  # sampled by the policy it trains
+    assert records[1]["is_weight"] is not None  # the reused rollouts are weighted for the policy having moved
+    unused = trainer.pending[0][0]  # step 4's examples
+    resumed = Trainer(config, demo_examples, tmp_path / "run", resume=True)
+    assert resumed.step == 3 and resumed.order.seen == 6 and resumed.order.peek(2) == unused
