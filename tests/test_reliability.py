@@ -302,7 +302,9 @@ def test_killed_before_the_first_checkpoint_is_no_dead_end(tmp_path, tiny_llama_
     assert newest_checkpoint(tmp_path / "run") is None and _steps(tmp_path / "run") == [1, 2]
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         Trainer(config, load_examples(DATA), tmp_path / "run")
-    resumed = Trainer(config, load_examples(DATA), tmp_path / "run", resume=True)
+    with pytest.warns(UserWarning, match=r"the records of steps 1-2 were logged after the newest checkpoint; training "
+                                         r"continues from the start \(there is no checkpoint\)"):  # said, not silent
+        resumed = Trainer(config, load_examples(DATA), tmp_path / "run", resume=True)
     assert resumed.step == 0 and _steps(tmp_path / "run") == []  # starts over; the logged steps are redone
     assert [r["step"] for r in resumed.train(progress=False)] == [1, 2, 3]
     assert complete_step(tmp_path / "run" / "checkpoint") == 3
