@@ -37,6 +37,7 @@ from sdft_kit.models import set_threads
 
 CUDA = torch.cuda.is_available()
 CHATS_AT_ONCE = 4  # chat answers generated side by side, over all sessions (each slows the others a little)
+DEFAULT_DATA = {"data": "demos.jsonl"}  # the command's --data before any data is loaded
 CSS = """
 .gradio-container {max-width: 1280px !important}
 #status {font-size: 1.05rem; padding: 8px 12px; border-radius: 8px; background: #f0f4fa}
@@ -114,7 +115,7 @@ class Page:
         self.worker = gr.State(new_session)
         self.settings = make_settings(limits, threads)
         self.examples = gr.State([])
-        self.data_name = gr.State("demos.jsonl")
+        self.data_name = gr.State(DEFAULT_DATA)  # what the command's --data (and --columns) name
 
     def named(self, values) -> dict:
         return dict(zip(self.settings, values))
@@ -126,9 +127,9 @@ class Page:
         named["model"] = self.limits.check_model(named["model"])
         return self.limits.check(logic.make_config(**named))
 
-    def command(self, data_name: str, *values) -> str:
+    def command(self, data: dict, *values) -> str:
         try:
-            return logic.cli_command(self.config(values), data=data_name)
+            return logic.cli_command(self.config(values), data=data["data"], columns=data.get("columns"))
         except ValueError as err:
             return f"# {err}"
 
@@ -190,9 +191,13 @@ def data_tab(page: Page) -> SimpleNamespace:
     examples as the model sees them."""
     with gr.Tab("1 · Data"):
         with gr.Row():
-            upload = gr.File(label=f"Upload JSONL, a JSON array or CSV (prompt + demonstration, up to "
+            upload = gr.File(label=f"Upload JSONL, JSON, CSV, TSV or Parquet (prompt + demonstration, OpenAI "
+                                   f"messages, ShareGPT, Alpaca or the SDFT paper's files; up to "
                                    f"{page.limits.max_upload_mb} MB)", type="binary", elem_id="upload", scale=2)
             with gr.Column(scale=1):
+                columns = gr.Textbox("", label="Columns (optional, before uploading)", elem_id="columns",
+                                     placeholder="prompt=question,demonstration=answer",
+                                     info="your column names, when no format is recognised (--columns)")
                 sample = gr.Dropdown(list(app_data.SAMPLES), value=next(iter(app_data.SAMPLES)),
                                      label="or a bundled sample")
                 use_sample = gr.Button("Use this sample", elem_id="use-sample")
@@ -233,26 +238,35 @@ def data_tab(page: Page) -> SimpleNamespace:
                 gr.update(value=number, maximum=last), f"of {last}",
                 preview_html(app_data.preview_rows(examples, tokenizer)))
 
-    def loaded(examples, name: str, model_name: str, values) -> tuple:
-        """Every output of a new data set: the states, the views, the Compare fields, the command."""
-        return (examples, name, *views_of(examples, model_name), examples[0].prompt, examples[0].demonstration,
-                page.command(name, *values))
+    def loaded(examples, data: dict, model_name: str, values) -> tuple:
+        """Every output of a new data set: the states, the views (the status names the detected format), the
+        Compare fields, the command."""
+        _, *views = views_of(examples, model_name)
+        return (examples, data, app_data.data_status(examples, data.get("columns")), *views, examples[0].prompt,
+                examples[0].demonstration, page.command(data, *values))
 
-    def on_upload(data: bytes | None, *values):
+    # The mapping is kept in session state, so the HTTP API's load_data keeps its (file, *settings) signature.
+    columns_text = gr.State("")
+    columns.change(lambda text: text, columns, columns_text, api_name="set_columns", show_progress="hidden")
+
+    def on_upload(data: bytes | None, columns_text: str, *values):
         if data is None:
-            command = page.command("demos.jsonl", *values)
-            return [], "demos.jsonl", "", "", None, 1, "", "", gr.skip(), gr.skip(), command
+            command = page.command(DEFAULT_DATA, *values)
+            return [], DEFAULT_DATA, "", "", None, 1, "", "", gr.skip(), gr.skip(), command
         try:
-            examples = app_data.parse_upload(data, page.limits.max_upload_bytes, page.limits.max_record_chars)
-        except app_data.DataError as err:
-            return [], "demos.jsonl", _error(str(err)), "", None, 1, "", "", gr.skip(), gr.skip(), gr.skip()
-        return loaded(examples, "demos.jsonl", page.named(values)["model"], values)  # an upload has no path
+            examples = app_data.parse_upload(data, page.limits.max_upload_bytes, page.limits.max_record_chars,
+                                             columns=columns_text)
+        except (app_data.DataError, ValueError) as err:  # ValueError: a malformed --columns text
+            return [], DEFAULT_DATA, _error(str(err)), "", None, 1, "", "", gr.skip(), gr.skip(), gr.skip()
+        # an upload has no path: the command names a file of its kind
+        named = {"data": f"demos.{app_data.upload_kind(data)}", "columns": columns_text.strip() or None}
+        return loaded(examples, named, page.named(values)["model"], values)
 
     def on_sample(name: str, *values):
         path = app_data.SAMPLES[name]
         examples = app_data.parse_upload(path.read_bytes(), page.limits.max_upload_bytes)
         shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
-        return (*loaded(examples, shown, page.named(values)["model"], values), None)
+        return (*loaded(examples, {"data": shown}, page.named(values)["model"], values), None)
 
     def on_page(examples, number, model_name, step=0):
         if not examples:
@@ -293,7 +307,7 @@ def data_tab(page: Page) -> SimpleNamespace:
                     api_name=False)
     # The outputs that live on other tabs (the Compare fields, the command) are wired in `build`.
     outputs = [page.examples, page.data_name, status, stats, table, page_number, pages, preview]
-    return SimpleNamespace(upload=upload, sample=sample, use_sample=use_sample, outputs=outputs,
+    return SimpleNamespace(upload=upload, columns=columns_text, sample=sample, use_sample=use_sample, outputs=outputs,
                            on_upload=on_upload, on_sample=on_sample, inputs=list(page.settings.values()))
 
 
@@ -408,9 +422,16 @@ def train_tab(page: Page) -> SimpleNamespace:
     settings = list(s.values())
     for setting in settings:
         setting.change(page.command, [page.data_name, *settings], command, api_name=False, show_progress="hidden")
-    start.click(on_start, [page.worker, page.examples, *settings], [message, run], api_name="start")
+    def shown_status(worker):
+        return worker.status().markdown
+
+    # The status shows the first phase ("loading the model") as soon as Start or Resume returns, rather than
+    # at the timer's next tick, which a busy machine can hold back for seconds.
+    start.click(on_start, [page.worker, page.examples, *settings], [message, run], api_name="start").then(
+        shown_status, page.worker, status, api_name=False, show_progress="hidden")
     stop.click(on_stop, page.worker, message, api_name="stop")
-    resume.click(on_resume, [page.worker, run, s["steps"]], message, api_name="resume")
+    resume.click(on_resume, [page.worker, run, s["steps"]], message, api_name="resume").then(
+        shown_status, page.worker, status, api_name=False, show_progress="hidden")
     apply_advice.click(on_apply, page.worker, [message, *[s[name] for name in ADVISED]], api_name="apply_advice")
     gr.Timer(1.0).tick(poll, [page.worker, seen, metric], [status, curves_plot, strip_plot, detail_plot, position,
                                                           metric, apply_advice, seen],
@@ -522,13 +543,15 @@ def chat_tab(page: Page) -> SimpleNamespace:
 
 
 def export_tab(page: Page) -> SimpleNamespace:
-    """5 · Export: the adapter (PEFT, with its model card) or the merged model in 16-bit, as a zip to download,
+    """5 · Export: the adapter (PEFT, with its model card), the merged model in 16-bit or as GGUF with an Ollama
+    Modelfile, as a zip to download,
     or the adapter pushed to the Hugging Face Hub."""
     with gr.Tab("5 · Export") as tab:
         run = gr.Dropdown([], label="Run", allow_custom_value=True)
         with gr.Row():
             adapter = gr.Button("Adapter (.zip, PEFT format, with its model card)", variant="primary")
             merged = gr.Button("Merged model (.zip, bfloat16)")
+            gguf = gr.Button("GGUF + Ollama Modelfile (.zip, q8_0)")
         note = gr.HTML()
         file = gr.File(label="Download", interactive=False)
         gr.Markdown("**Push the adapter to the Hugging Face Hub** (its model card names the real base model)")
@@ -539,10 +562,12 @@ def export_tab(page: Page) -> SimpleNamespace:
         push = gr.Button("Push to the Hub")
         pushed = gr.HTML()
 
-    def on_export(worker, name, as_merged):
+    def on_export(worker, name, kind):
+        exports = {"adapter": logic.export_adapter_zip, "merged": logic.export_merged_zip,
+                   "gguf": logic.export_gguf_zip}
         try:
             run_dir = worker.run_path(name)
-            path = (logic.export_merged_zip if as_merged else logic.export_adapter_zip)(run_dir, page.export_dir)
+            path = exports[kind](run_dir, page.export_dir)
         except (ValueError, RuntimeError, OSError) as err:
             return _error(str(err)), None
         return f"✓ {path.name} ({path.stat().st_size / 2**20:.1f} MB) is ready below.", str(path)
@@ -554,10 +579,12 @@ def export_tab(page: Page) -> SimpleNamespace:
             return _error(str(err))
         return f"✓ pushed to {html.escape(url)}"
 
-    adapter.click(lambda worker, name: on_export(worker, name, False), [page.worker, run], [note, file],
+    adapter.click(lambda worker, name: on_export(worker, name, "adapter"), [page.worker, run], [note, file],
                   api_name="export_adapter")
-    merged.click(lambda worker, name: on_export(worker, name, True), [page.worker, run], [note, file],
+    merged.click(lambda worker, name: on_export(worker, name, "merged"), [page.worker, run], [note, file],
                  api_name="export_merged")
+    gguf.click(lambda worker, name: on_export(worker, name, "gguf"), [page.worker, run], [note, file],
+               api_name="export_gguf")
     push.click(on_push, [page.worker, run, repo, token, private], pushed, api_name="push")
     return SimpleNamespace(tab=tab, run=run)
 
@@ -580,7 +607,7 @@ def build(runs_dir: str = "runs", limits: Limits | None = None, threads: int = 1
 
         # Across tabs: loading data fills the Compare fields and the Train tab's command.
         outputs = [*data.outputs, compare.prompt, compare.demonstration, train.command]
-        data.upload.upload(data.on_upload, [data.upload, *data.inputs], outputs, api_name="load_data")
+        data.upload.upload(data.on_upload, [data.upload, data.columns, *data.inputs], outputs, api_name="load_data")
         data.use_sample.click(data.on_sample, [data.sample, *data.inputs], [*outputs, data.upload],
                               api_name="load_sample")
         demo.load(page.command, [page.data_name, *data.inputs], train.command, api_name=False)

@@ -1,8 +1,8 @@
-"""Seconds per optimizer step of SDFT, SFT and TRL's SDFTTrainer, interleaved in rounds.
+"""Seconds per optimizer step of SDFT, SFT and TRL's SDFTTrainer, interleaved in rounds, beside a lower bound.
 
     python benchmarks/step_time.py                          # every method whose packages are installed: 6 rounds
     python benchmarks/step_time.py --methods sdft,sft --rounds 10
-    python benchmarks/step_time.py --methods sdft,sdft-vllm,sft
+    python benchmarks/step_time.py --methods sdft,sdft-hf,sdft-vllm,sft,trl
     python benchmarks/step_time.py --baseline ../old-checkout   # also time that checkout's sdft and sft
 
 Every method runs in its own long-lived worker process (so its peak RSS is its own), which
@@ -14,15 +14,28 @@ rounds), the median process CPU seconds per step (with one thread, the step's ow
 busy machine; wall time counts the waits for a core too), median seconds per phase, rollout tokens per second, peak RSS; and for each pair of
 methods the ratio of their step times within each round, as a median with its spread.
 
-Methods: sdft (rollouts by transformers' generate), sdft-vllm and sdft-vllm-compiled (the
-vllm engine, eager or compiled; `make install-vllm`), sft, trl
+The lower bound of a step (`bound_s`, and `step_over_bound`: the step as a multiple of it,
+the per-round median): the student and teacher passes as measured (each SDFT method's own;
+TRL, which does not report phases, gets the fastest SDFT method's) plus a rollout at the
+memory-bandwidth limit: decode passes (the rollout's longest completion: every pass reads
+the weights once) x the bytes of the weights it decodes with (the student's, or vLLM's copy
+in its dtype) / the single-thread memory rate, measured by the driver in every round (a
+256 MiB copy, read + write bytes, and a read-only sum; the faster). SFT's bound is its
+student pass alone.
+
+Methods: sdft (the default engine, `engine: auto`), sdft-hf (transformers' generate),
+sdft-vllm and sdft-vllm-compiled (the vllm engine, eager or compiled; `make install-vllm`),
+sdft-vllm-fp32 (the vllm engine in float32 whatever the CPU), sft, trl
 (TRL's experimental SDFTTrainer, `pip install 'sdft-kit[bench]'`) and trl-vllm (the same with
 `use_vllm=True`, colocated), all on the same model, data, LoRA, batch, new tokens, teacher
 kind, loss (forward KL on the top-k with a tail bucket, 3 tokens skipped), template and
 thread count. For the vllm engine the worker also reports its start-up time, the resident
 memory it added (vLLM's weights, KV cache and buffers, `import vllm` included) and the
-seconds of each weight sync (part of the rollout phase). Writes JSON (default
-benchmarks/results/step_time.json) and prints a table.
+seconds of each weight sync (part of the rollout phase).
+
+A worker that does not answer within --start-timeout (loading) or --step-timeout (a step)
+seconds is reported, stopped and dropped; the rounds go on without it. Progress lines are
+flushed as they happen. Writes JSON (default benchmarks/results/step_time.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -32,22 +45,46 @@ import importlib.util
 import json
 import os
 import platform
+import queue
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
-# sdft-kit's SDFT methods and the rollout settings each uses
-ROLLOUTS = {"sdft": {}, "sdft-vllm": {"engine": "vllm"}, "sdft-vllm-compiled": {"engine": "vllm", "vllm_compile": True}}
+# sdft-kit's SDFT methods and the rollout settings each uses ("sdft": the default engine)
+ROLLOUTS = {"sdft": {}, "sdft-hf": {"engine": "hf"}, "sdft-vllm": {"engine": "vllm"},
+            "sdft-vllm-compiled": {"engine": "vllm", "vllm_compile": True},
+            "sdft-vllm-fp32": {"engine": "vllm", "vllm_dtype": "float32"}}
 METHODS = [*ROLLOUTS, "sft", "trl", "trl-vllm"]
-DEFAULT_METHODS = "sdft,sdft-vllm,sdft-vllm-compiled,sft,trl,trl-vllm"
-NEEDS = {"sdft-vllm": ["vllm"], "sdft-vllm-compiled": ["vllm"], "trl": ["trl"], "trl-vllm": ["trl", "vllm"]}
+DEFAULT_METHODS = "sdft,sdft-hf,sdft-vllm,sdft-vllm-compiled,sft,trl,trl-vllm"
+NEEDS = {"sdft-vllm": ["vllm"], "sdft-vllm-compiled": ["vllm"], "sdft-vllm-fp32": ["vllm"], "trl": ["trl"],
+         "trl-vllm": ["trl", "vllm"]}
 INSTALL = {"vllm": "make install-vllm", "trl": "pip install 'sdft-kit[bench]'"}
 
 
+def say(text: str) -> None:
+    print(text, flush=True)  # progress shows as it happens, also when stdout is a file
+
+
 # -- the worker side: one process per method, one step per request --------------------------------
+def decode_bytes(model, dtype_bytes: int | None = None) -> int:
+    """Bytes of weights one decode pass reads: every base weight (LoRA merged), the input embedding only where
+    it is the tied LM head (a lookup reads a few rows). `dtype_bytes`: in another copy's dtype (vLLM's)."""
+    base = model.get_base_model()
+    embedding = base.get_input_embeddings().weight
+    tied = base.get_output_embeddings() is not None and base.get_output_embeddings().weight is embedding
+    total = 0
+    for name, p in base.named_parameters():  # shared (tied) tensors are listed once
+        if ".lora_" in name or (p is embedding and not tied):
+            continue
+        total += p.numel() * (dtype_bytes or p.element_size())
+    return total
+
+
 def sdft_kit_steps(method: str, args: argparse.Namespace):
     """Yields one step's figures per `next()`, after loading and warm-up."""
     import torch
@@ -62,7 +99,19 @@ def sdft_kit_steps(method: str, args: argparse.Namespace):
         learning_rate=5e-4, seed=0, chunk_size=args.chunk_size, dtype=args.dtype, **ROLLOUTS.get(method, {}),
     )
     trainer = Trainer(Config().replace(**overrides), load_examples(SAMPLE_DATA))
-    engine = trainer.engine if overrides.get("engine") == "vllm" else None
+    engine = trainer.engine
+    passes = []
+    if engine is not None:  # the rollout's decode passes: its longest completion
+        sample = engine.sample
+
+        def counted(*a, **k):
+            batch = sample(*a, **k)
+            passes.append(batch.completion_ids.shape[1])
+            return batch
+
+        engine.sample = counted
+    vllm = type(engine).__name__ == "VLLMEngine"  # (by class name: a --baseline checkout's engines have no `name`)
+    weight_bytes = decode_bytes(trainer.model, getattr(torch, engine.dtype).itemsize if vllm else None)
     for _ in range(args.warmup):
         trainer.train_step()
     yield None  # ready
@@ -74,9 +123,10 @@ def sdft_kit_steps(method: str, args: argparse.Namespace):
                "tokens": record["tokens"],
                "rollout_tok_s": record["tokens"] / rollout_s if rollout_s else None,
                "is_weight": record.get("is_weight"), "peak_rss_mb": record["peak_mem_mb"],
-               "threads": torch.get_num_threads(),
-               "engine": engine and {"start_s": engine.start_seconds, "memory_mb": engine.memory_mb,
-                                     "sync_s": engine.sync_seconds, "dtype": engine.dtype}}
+               "threads": torch.get_num_threads(), "rollout_engine": record.get("engine", engine and "hf"),
+               "decode_passes": passes[-1] if engine is not None else 0, "decode_bytes": weight_bytes,
+               "engine": vllm and {"start_s": engine.start_seconds, "memory_mb": engine.memory_mb,
+                                   "sync_s": engine.sync_seconds, "dtype": engine.dtype}}
 
 
 def trl_steps(args: argparse.Namespace, use_vllm: bool = False):
@@ -139,7 +189,8 @@ def trl_steps(args: argparse.Namespace, use_vllm: bool = False):
         go.put(None)
         seconds, cpu_seconds = done.get()
         yield {"s": seconds, "cpu_s": cpu_seconds, "phases": None, "tokens": None, "rollout_tok_s": None, "is_weight": None,
-               "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "rollout_engine": None,
+               "decode_passes": None, "decode_bytes": None,
                "engine": {"start_s": start_s, "memory_mb": None, "sync_s": None, "dtype": None} if use_vllm else None,
                "trl_version": __import__("trl").__version__}
 
@@ -160,35 +211,101 @@ def serve(method: str, args: argparse.Namespace) -> None:
 
 
 # -- the driver ------------------------------------------------------------------------------------
+class WorkerStalled(Exception):
+    """A worker did not answer in time, or died."""
+
+
 class Worker:
     def __init__(self, name: str, method: str, argv: list[str], logs: Path, code: str | None = None):
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+        env.pop("SDFT_KIT_AUTO_ENGINE", None)  # 'sdft' measures the default engine as a user gets it
         if method == "trl-vllm":  # TRL's engine: in this process, with a KV cache of 1 GiB (vLLM's smallest setting)
             env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
         if code:  # another checkout of sdft-kit, ahead of the installed one
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(code).resolve()), env.get("PYTHONPATH")]))
         self.name = name
         self.log = open(logs / f".worker-{name.replace(' ', '-')}.log", "w")
+        # its own process group: stopping a stalled worker stops what it started too (vLLM, TRL's threads)
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", method, *argv], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                     start_new_session=True)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def wait_ready(self) -> None:
-        line = self.proc.stdout.readline()
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")  # end of output: the worker exited
+
+    def answer(self, timeout: float, what: str) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise WorkerStalled(f"worker {self.name} gave no answer within {timeout:.0f} s ({what}); "
+                                f"see {self.log.name}") from None
+        if not line:
+            raise WorkerStalled(f"worker {self.name} exited ({what}); see {self.log.name}")
+        return line
+
+    def wait_ready(self, timeout: float) -> None:
+        line = self.answer(timeout, "loading")
         if line.strip() != "ready":
-            raise SystemExit(f"worker {self.name} failed to start; see {self.log.name}")
+            raise WorkerStalled(f"worker {self.name} failed to start; see {self.log.name}")
 
-    def step(self) -> dict:
+    def step(self, timeout: float) -> dict:
         self.proc.stdin.write("step\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"worker {self.name} died; see {self.log.name}")
-        return json.loads(line)
+        return json.loads(self.answer(timeout, "a step"))
+
+    def stop(self) -> None:
+        """End the worker and everything it started, at once."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                self.stop()
+
+
+def memory_rate() -> dict:
+    """Single-thread memory rates in bytes/s: a 256 MiB copy (bytes read + written) and a read-only sum; the best
+    of 5 each. `bytes_per_s` is the faster, what a decode pass reading the weights could reach at most."""
+    import torch
+
+    torch.set_num_threads(1)
+    source = torch.ones(64 * 2**20)
+    target = torch.empty_like(source)
+    size = source.numel() * source.element_size()
+    rates = {}
+    for kind, run, moved in (("copy", lambda: target.copy_(source), 2 * size), ("read", lambda: source.sum(), size)):
+        best = min(_timed(run) for _ in range(5))
+        rates[kind] = moved / best
+    return {**rates, "bytes_per_s": max(rates.values())}
+
+
+def _timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def step_bound(step: dict, rate: float, passes: float | None = None, weight_bytes: float | None = None,
+               passes_s: float | None = None) -> float:
+    """A step's lower bound in seconds: its student and teacher passes as measured (or `passes_s`) plus a rollout
+    at the memory-rate limit (decode passes x weight bytes / rate)."""
+    phases = step["phases"]
+    measured = phases["student"] + phases["teacher"] if phases else passes_s
+    passes = step["decode_passes"] if step["decode_passes"] is not None else passes
+    weight_bytes = step["decode_bytes"] if step["decode_bytes"] is not None else weight_bytes
+    return measured + passes * weight_bytes / rate
 
 
 def compared(a: str, b: str) -> bool:
@@ -196,7 +313,7 @@ def compared(a: str, b: str) -> bool:
     if b.endswith("(baseline)"):
         return a == b.removesuffix(" (baseline)")
     if a.startswith("sdft"):
-        return b in ("sft", "trl", "trl-vllm") or (b == "sdft" and a != "sdft")
+        return b in ("sft", "trl", "trl-vllm") or (b == "sdft-hf" and a != "sdft-hf")
     return (a, b) == ("trl-vllm", "trl")
 
 
@@ -208,6 +325,8 @@ def summarise(steps: list[dict]) -> dict:
     phases = steps[0]["phases"]
     tok_s = [s["rollout_tok_s"] for s in steps if s["rollout_tok_s"]]
     weights = [s["is_weight"] for s in steps if s["is_weight"] is not None]
+    bounds = [s for s in steps if s.get("bound_s")]
+    engines = [s["engine"] for s in steps if s["engine"]]
     return {
         "s_per_step": spread([s["s"] for s in steps]),
         # process CPU time: what a step costs this process whatever else runs on the machine (1 thread)
@@ -215,13 +334,48 @@ def summarise(steps: list[dict]) -> dict:
         "phases_s": {k: statistics.median(s["phases"][k] for s in steps) for k in phases} if phases else None,
         "tokens_per_step": statistics.median(s["tokens"] for s in steps) if steps[0]["tokens"] else None,
         "rollout_tokens_per_s": spread(tok_s) if tok_s else None,
+        "rollout_engine": steps[-1]["rollout_engine"],
+        "decode_passes": statistics.median(s["decode_passes"] for s in steps) if steps[0]["decode_passes"] else None,
+        "decode_bytes": steps[-1]["decode_bytes"],
+        "bound_s": spread([s["bound_s"] for s in bounds]) if bounds else None,
+        "step_over_bound": spread([s["step_over_bound"] for s in bounds]) if bounds else None,
         "is_weight_mean": statistics.mean(weights) if weights else None,
         "peak_rss_mb": max(s["peak_rss_mb"] for s in steps),
-        "engine": steps[-1]["engine"] and {**steps[-1]["engine"], "sync_s": spread([s["engine"]["sync_s"] for s in steps])
-                                           if steps[-1]["engine"]["sync_s"] is not None else None},
+        "engine": {**engines[-1], "sync_s": spread([e["sync_s"] for e in engines])
+                   if engines[-1]["sync_s"] is not None else None} if engines else None,
         "torch_threads": steps[-1]["threads"],
+        "rounds": len(steps),
         **({"trl_version": steps[-1]["trl_version"]} if "trl_version" in steps[-1] else {}),
     }
+
+
+def print_table(args, results: dict, ratios: dict, rollout_speedups: dict, dropped: dict, report: dict) -> None:
+    rate = report["memory_rate_bytes_per_s"]
+    say(f"\n{args.model} ({args.dtype}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, teacher "
+        f"{args.teacher}, vocab {args.vocab}, {args.threads} thread(s), {args.rounds} interleaved rounds; memory rate "
+        f"{rate['median'] / 1e9:.1f} GB/s ({rate['min'] / 1e9:.1f}-{rate['max'] / 1e9:.1f}), load average "
+        f"{report['machine']['load_average'][0]:.1f} at the end")
+    say(f"{'method':<20}{'engine':>7}{'s/step (min-max)':>22}{'CPU s':>8}{'rollout':>9}{'teacher':>9}{'student':>9}"
+        f"{'tok/s':>7}{'bound':>7}{'x bound':>9}{'peak RSS':>11}{'engine':>10}{'start':>7}")
+    for name, r in results.items():
+        p, s, engine = r["phases_s"] or {}, r["s_per_step"], r["engine"] or {}
+        cells = "".join(f"{p[k]:>9.2f}" if k in p else f"{'-':>9}" for k in ("rollout", "teacher", "student"))
+        tok = f"{r['rollout_tokens_per_s']['median']:.0f}" if r["rollout_tokens_per_s"] else "-"
+        span = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+        bound = f"{r['bound_s']['median']:.2f}" if r["bound_s"] else "-"
+        over = f"{r['step_over_bound']['median']:.2f}x" if r["step_over_bound"] else "-"
+        memory = f"{engine['memory_mb']:.0f} MB" if engine.get("memory_mb") is not None else "-"
+        start = f"{engine['start_s']:.0f} s" if engine else "-"
+        say(f"{name:<20}{r['rollout_engine'] or '-':>7}{span:>22}{r['cpu_s_per_step']['median']:>8.2f}{cells}{tok:>7}"
+            f"{bound:>7}{over:>9}{r['peak_rss_mb']:>8.0f} MB{memory:>10}{start:>7}")
+    for pair, r in {**ratios, **{f"rollout tok/s {k}": v for k, v in rollout_speedups.items()}}.items():
+        say(f"{pair}: {r['median']:.2f}x per round (min {r['min']:.2f}, max {r['max']:.2f})")
+    if "sft" in results:
+        for name in (n for n in results if n.startswith("sdft")):
+            say(f"peak RSS {name} / sft: {results[name]['peak_rss_mb'] / results['sft']['peak_rss_mb']:.2f}x")
+    for name, why in dropped.items():
+        say(f"NOT MEASURED: {name}: {why}")
+    say(f"(written to {args.out}; wall {report['wall_s']:.0f} s)")
 
 
 def main() -> None:
@@ -241,6 +395,10 @@ def main() -> None:
     parser.add_argument("--baseline", help="another sdft-kit checkout: its sdft and sft run as extra workers")
     parser.add_argument("--warmup", type=int, default=1, help="steps each worker runs before the rounds")
     parser.add_argument("--rounds", type=int, default=6, help="measured steps per method")
+    parser.add_argument("--start-timeout", type=float, default=900,
+                        help="seconds a worker may take to load and warm up before it is dropped")
+    parser.add_argument("--step-timeout", type=float, default=300,
+                        help="seconds a worker may take for one step before it is dropped")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,69 +414,102 @@ def main() -> None:
     for method in list(methods):
         missing = [package for package in NEEDS.get(method, []) if importlib.util.find_spec(package) is None]
         if missing:
-            print(f"{method} is not measured: {', '.join(missing)} is not installed "
-                  f"({'; '.join(INSTALL[m] for m in missing)})")
+            say(f"{method} is not measured: {', '.join(missing)} is not installed "
+                f"({'; '.join(INSTALL[m] for m in missing)})")
             methods.remove(method)
     names = {m: (m, None) for m in methods}
     if args.baseline:
         names.update({f"{m} (baseline)": (m, args.baseline) for m in ("sdft", "sft") if m in methods})
     start = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    workers = []
+    workers, dropped = [], {}
+
+    def drop(worker: Worker, error: WorkerStalled) -> None:
+        say(f"dropped: {error}")
+        dropped[worker.name] = str(error)
+        worker.stop()
+        if worker in workers:
+            workers.remove(worker)
+
     for name, (method, code) in names.items():  # start one at a time: loading competes for the CPU
-        workers.append(Worker(name, method, argv, args.out.parent, code))
-        workers[-1].wait_ready()
+        worker = Worker(name, method, argv, args.out.parent, code)
+        try:
+            worker.wait_ready(args.start_timeout)
+        except WorkerStalled as error:
+            drop(worker, error)
+            continue
+        workers.append(worker)
+        say(f"{name} ready ({time.perf_counter() - start:.0f} s)")
     steps: dict[str, list[dict]] = {w.name: [] for w in workers}
+    rates = []
     try:
         for round_ in range(args.rounds):
-            shift = round_ % len(workers)
+            rates.append(memory_rate())  # between steps: nothing else of this run computes
+            shift = round_ % max(len(workers), 1)
             for worker in workers[shift:] + workers[:shift]:
-                steps[worker.name].append(worker.step())
-            print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n} {s[-1]['s']:.2f} s" for n, s in steps.items()),
-                  flush=True)
+                try:
+                    steps[worker.name].append({**worker.step(args.step_timeout), "round": round_})
+                except WorkerStalled as error:
+                    drop(worker, error)
+            say(f"round {round_ + 1}/{args.rounds}: memory {rates[-1]['bytes_per_s'] / 1e9:.1f} GB/s, "
+                + ", ".join(f"{n} {s[-1]['s']:.2f} s" for n, s in steps.items() if s and s[-1]["round"] == round_))
     finally:
         for worker in workers:
             worker.close()
+    steps = {name: s for name, s in steps.items() if s}
+    if not steps:
+        raise SystemExit("no method was measured: " + "; ".join(dropped.values()))
+    add_bounds(steps, rates)
     results = {name: summarise(s) for name, s in steps.items()}
     ratios, rollout_speedups = {}, {}
     for a in steps:
         for b in steps:
             if a != b and compared(a, b):
-                ratios[f"{a} / {b}"] = spread([x["s"] / y["s"] for x, y in zip(steps[a], steps[b])])
-                ratios[f"{a} / {b} (CPU time)"] = spread([x["cpu_s"] / y["cpu_s"] for x, y in zip(steps[a], steps[b])])
-        if a.startswith("sdft-") and "sdft" in steps:
-            rollout_speedups[f"{a} / sdft"] = spread([x["rollout_tok_s"] / y["rollout_tok_s"]
-                                                      for x, y in zip(steps[a], steps["sdft"])])
+                pairs = paired(steps[a], steps[b])
+                ratios[f"{a} / {b}"] = spread([x["s"] / y["s"] for x, y in pairs])
+                ratios[f"{a} / {b} (CPU time)"] = spread([x["cpu_s"] / y["cpu_s"] for x, y in pairs])
+        if a.startswith("sdft-") and "sdft-hf" in steps and a != "sdft-hf" or a == "sdft" and "sdft-hf" in steps:
+            rollout_speedups[f"{a} / sdft-hf"] = spread([x["rollout_tok_s"] / y["rollout_tok_s"]
+                                                         for x, y in paired(steps[a], steps["sdft-hf"])])
     report = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")} | {"lora_r": 16, "alpha": 0.0},
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "cores": os.cpu_count()},
+                    "cores": os.cpu_count(), "load_average": os.getloadavg()},
+        "memory_rate_bytes_per_s": spread([r["bytes_per_s"] for r in rates]), "memory_rates": rates,
         "methods": results, "ratios_per_round": ratios, "rollout_tok_s_ratios_per_round": rollout_speedups,
-        "steps": steps,
+        "dropped": dropped, "steps": steps,
         "wall_s": round(time.perf_counter() - start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print_table(args, results, ratios, rollout_speedups, dropped, report)
 
-    print(f"\n{args.model} ({args.dtype}), batch {args.batch_size}, {args.max_new_tokens} new tokens, LoRA r16, teacher "
-          f"{args.teacher}, vocab {args.vocab}, {args.threads} thread(s), {args.rounds} interleaved rounds")
-    print(f"{'method':<20}{'s/step (min-max)':>22}{'CPU s':>8}{'rollout':>9}{'teacher':>9}{'student':>9}{'tok/s':>8}"
-          f"{'peak RSS':>11}{'engine':>10}{'start':>8}")
-    for name, r in results.items():
-        p, s, engine = r["phases_s"] or {}, r["s_per_step"], r["engine"] or {}
-        cells = "".join(f"{p[k]:>9.2f}" if k in p else f"{'-':>9}" for k in ("rollout", "teacher", "student"))
-        tok = f"{r['rollout_tokens_per_s']['median']:.0f}" if r["rollout_tokens_per_s"] else "-"
-        span = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
-        memory = f"{engine['memory_mb']:.0f} MB" if engine.get("memory_mb") is not None else "-"
-        start = f"{engine['start_s']:.0f} s" if engine else "-"
-        print(f"{name:<20}{span:>22}{r['cpu_s_per_step']['median']:>8.2f}{cells}{tok:>8}{r['peak_rss_mb']:>8.0f} MB"
-              f"{memory:>10}{start:>8}")
-    for pair, r in {**ratios, **{f"rollout tok/s {k}": v for k, v in rollout_speedups.items()}}.items():
-        print(f"{pair}: {r['median']:.2f}x per round (min {r['min']:.2f}, max {r['max']:.2f})")
-    if "sft" in results:
-        for name in (n for n in results if n.startswith("sdft")):
-            print(f"peak RSS {name} / sft: {results[name]['peak_rss_mb'] / results['sft']['peak_rss_mb']:.2f}x")
-    print(f"(written to {args.out}; wall {report['wall_s']:.0f} s)")
+
+def paired(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
+    """The steps of two methods taken in the same rounds."""
+    by_round = {s["round"]: s for s in b}
+    return [(s, by_round[s["round"]]) for s in a if s["round"] in by_round]
+
+
+def add_bounds(steps: dict[str, list[dict]], rates: list[dict]) -> None:
+    """Each step's lower bound (`bound_s`) from its own round's memory rate; methods that report no phases or
+    decode passes (TRL) take the round's fastest sdft-kit SDFT passes and the fewest decode passes at the student's
+    own weight bytes."""
+    for round_, rate in enumerate(rates):
+        sdft = [s for name, ss in steps.items() for s in ss if s["round"] == round_ and s["decode_passes"]]
+        for ss in steps.values():
+            for s in ss:
+                if s["round"] != round_:
+                    continue
+                if s["phases"] is None and not sdft:
+                    s["bound_s"] = None
+                    continue
+                s["bound_s"] = step_bound(
+                    s, rate["bytes_per_s"],
+                    passes=min((x["decode_passes"] for x in sdft), default=None),
+                    weight_bytes=max((x["decode_bytes"] for x in sdft), default=None),  # fp32: the student's
+                    passes_s=min((x["phases"]["student"] + x["phases"]["teacher"] for x in sdft), default=None))
+                s["step_over_bound"] = s["s"] / s["bound_s"]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from . import quiet_imports as _quiet_imports  # noqa: E402 (standard library only: stays light)
+
+_quiet_imports.install()  # bitsandbytes only for 4-bit models, never a Hub lookup (see quiet_imports)
+
 # name -> the module that defines it
 _EXPORTS = {
     "Completions": "batch",

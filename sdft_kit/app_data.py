@@ -1,6 +1,8 @@
 """The web app's Data tab, as plain functions (no gradio here).
 
-    parse_upload(bytes)          uploaded JSONL / JSON array / CSV -> examples, or a DataError naming line and field
+    parse_upload(bytes)          uploaded JSONL / JSON array / CSV / TSV / Parquet, in any record format
+                                 (data_formats) -> examples, or a DataError naming line (or record) and field
+    data_status(examples, columns)  "✓ 52 examples: Alpaca, 52 records; columns instruction+input -> prompt, ..."
     data_stats, data_page        length statistics, and the table a page at a time
     edit_example(...)            add, fix or remove one demonstration (the tab's editor)
     preview_rows(examples, ...)  the first examples exactly as the model sees them, with token counts
@@ -10,6 +12,7 @@ Everything the tab sends to the browser is bounded: a page of rows, cells and pr
 
 from __future__ import annotations
 
+import html
 import json
 import statistics
 import tempfile
@@ -17,34 +20,49 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Config
-from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, example_from_record, load_examples
+from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, describe, example_from_record, load_examples
+from .data_formats import parse_columns
 from .demos import DemoSelector, student_prompt, teacher_prompt
 
-SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (same, as CSV)": SAMPLES_DIR / "demo.csv"}
+SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (8 of them, as CSV)": SAMPLES_DIR / "demo.csv"}
+PARQUET_MAGIC = b"PAR1"
 UPLOAD_NAME = "uploaded file"
 PREVIEW_CHARS = 2_000  # each prompt shown in a preview card (the rest is counted, not sent)
 CELL_CHARS = 240  # each text cell of the data table
 PAGE_ROWS = 10
 
 
-def parse_upload(data: bytes, max_bytes: int = 20 * 2**20, max_record_chars: int | None = None) -> list[Example]:
-    """Examples from the bytes of an uploaded JSONL, JSON-array or CSV file; raises DataError with the
-    line (or record) and field.
+def upload_kind(data: bytes) -> str:
+    """What an upload holds, from its bytes alone: parquet (its magic number), jsonl ('{' first), json ('['
+    first), tsv (a tab but no comma in the first line) or csv."""
+    if data[:4] == PARQUET_MAGIC:
+        return "parquet"
+    start = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if start in (b"{", b"["):
+        return "jsonl" if start == b"{" else "json"
+    first_line = data.lstrip(b"\xef\xbb\xbf\r\n").split(b"\n", 1)[0]
+    return "tsv" if b"\t" in first_line and b"," not in first_line else "csv"
+
+
+def parse_upload(data: bytes, max_bytes: int = 20 * 2**20, max_record_chars: int | None = None,
+                 columns: str | None = None) -> list[Example]:
+    """Examples from the bytes of an uploaded JSONL, JSON-array, CSV, TSV or Parquet file, in any record format
+    load_examples reads (columns: its --columns); raises DataError with the line (or record) and field.
 
     The bytes are only parsed: the uploader's file name is never used (not as a path, not even for
-    the type). A first character '{' means JSONL, '[' a JSON array; anything else is read as CSV.
-    A record longer than `max_record_chars` (prompt + demonstration) is refused, naming it."""
+    the type; `upload_kind` tells it from the bytes). A record longer than `max_record_chars` (prompt +
+    demonstration) is refused, naming it."""
     if len(data) > max_bytes:
         raise DataError(f"{UPLOAD_NAME}: {_size(len(data))} is over the {_size(max_bytes)} limit. "
                         "Upload a smaller file (or train from the CLI).")
     if not data.strip():
-        raise DataError(f"{UPLOAD_NAME}: the file is empty. Upload a JSONL or CSV file of prompt/demonstration "
-                        "records.")
-    if b"\x00" in data[:8192]:
-        raise DataError(f"{UPLOAD_NAME}: this looks like a binary file, not text. Upload a JSONL or CSV file "
-                        "(UTF-8 text, one example per line or row).")
-    start = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    examples = _json_array(data) if start == b"[" else _file_examples(data, "jsonl" if start == b"{" else "csv")
+        raise DataError(f"{UPLOAD_NAME}: the file is empty. Upload a JSONL, JSON, CSV or Parquet file of "
+                        "prompt/demonstration records.")
+    kind = upload_kind(data)
+    if kind != "parquet" and b"\x00" in data[:8192]:
+        raise DataError(f"{UPLOAD_NAME}: this looks like a binary file, not text. Upload a JSONL, JSON, CSV or "
+                        "Parquet file (one example per line, record or row).")
+    examples = _file_examples(data, kind, columns)
     for ex in examples:
         check_record_size(ex, max_record_chars, f"{UPLOAD_NAME}, {ex.source}")
     return examples
@@ -58,32 +76,20 @@ def check_record_size(example: Example, max_chars: int | None, where: str) -> No
                         "per record. Shorten it (or train from the CLI).")
 
 
-def _file_examples(data: bytes, kind: str) -> list[Example]:
+KIND_NAMES = {"jsonl": "JSONL", "json": "JSON array", "csv": "CSV", "tsv": "TSV", "parquet": "Parquet"}
+
+
+def _file_examples(data: bytes, kind: str, columns: str | None) -> list[Example]:
     with tempfile.TemporaryDirectory(prefix="sdft-kit-upload-") as folder:
         path = Path(folder) / f"upload.{kind}"  # our own name: load_examples picks the parser by suffix
         path.write_bytes(data)
         try:
-            examples = load_examples(path)
+            examples = load_examples(path, columns=columns)
         except DataError as error:  # name the upload, not our temporary file
-            raise DataError(str(error).replace(str(path), f"{UPLOAD_NAME} ({kind.upper()})")) from None
-    return [replace(ex, source="line " + ex.source.rsplit(":", 1)[-1]) for ex in examples]
-
-
-def _json_array(data: bytes) -> list[Example]:
-    """A JSON file holding one array of records (what many exports write), records numbered from 1."""
-    where = f"{UPLOAD_NAME} (JSON array)"
-    try:
-        records = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{where}: byte {data[error.start]:#04x} is not valid UTF-8. Re-save the file as "
-                        "UTF-8.") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{where}, line {error.lineno}: invalid JSON at column {error.colno} ({error.msg}).") from None
-    if not isinstance(records, list) or not records:
-        raise DataError(f"{where}: expected a non-empty array of records like "
-                        '[{"prompt": ..., "demonstration": ...}, ...]')
-    return [replace(example_from_record(record, f"{where}, record {n}"), source=f"record {n}")
-            for n, record in enumerate(records, start=1)]
+            raise DataError(str(error).replace(str(path), f"{UPLOAD_NAME} ({KIND_NAMES[kind]})")) from None
+    # "upload.jsonl:12" -> "line 12", "upload.json:record 3" -> "record 3", "upload.parquet:row 2" -> "row 2"
+    shown = [ex.source.split(":", 1)[1] for ex in examples]
+    return [replace(ex, source=f"line {where}" if where.isdigit() else where) for ex, where in zip(examples, shown)]
 
 
 def _size(n: int) -> str:
@@ -198,3 +204,9 @@ def preview_rows(examples: list[Example], tokenizer, config: Config | None = Non
             "demonstration_tokens": len(tokenizer(ex.demonstration, add_special_tokens=False).input_ids),
         })
     return rows
+
+
+def data_status(examples: list[Example], columns: str | None = None) -> str:
+    """The Data tab's status line (HTML): the count and the detected format with its column mapping."""
+    return (f"✓ <b>{len(examples)} examples</b> loaded: "
+            f"{html.escape(describe(examples, parse_columns(columns)))}.")

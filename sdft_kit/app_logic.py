@@ -3,7 +3,8 @@
     make_config(**settings)      the Config of the Train tab's settings, by name
     cli_command(config, ...)     the `sdft-kit train ...` command that runs the same training
     TrainingWorker               one session's runs: train in a background thread, stop, resume, status
-    export_adapter_zip(...)      the run's adapter with its model card as a zip (export_merged_zip: merged in 16-bit;
+    export_adapter_zip(...)      the run's adapter with its model card as a zip (export_gguf_zip: merged as GGUF with
+                                 an Ollama Modelfile; export_merged_zip: merged in 16-bit;
                                  push_adapter: to the Hugging Face Hub)
     compare_answers(...)         one prompt answered by the base model, the trained adapter and the teacher, timed
     chat_answer(...)             the Chat tab's answer as it grows: base, a trained run, or the teacher
@@ -94,11 +95,12 @@ def advised_values(advice: dict) -> dict:
     return values
 
 
-def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run") -> str:
-    """`sdft-kit train` with a flag for every field that differs from the defaults."""
+def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run", columns: str | None = None) -> str:
+    """`sdft-kit train` with a flag for every field that differs from the defaults (and --columns, the data's
+    column mapping, when one was given)."""
     defaults = Config().to_dict()
     values = config.to_dict()
-    parts = ["sdft-kit", "train", "--data", data, "--out", out]
+    parts = ["sdft-kit", "train", "--data", data, *(["--columns", columns] if columns else []), "--out", out]
     for section, f in fields_by_section():
         value = values[section][f.name]
         if value == defaults[section][f.name]:
@@ -350,6 +352,18 @@ def export_merged_zip(run_dir: Path, dest_dir: Path, dtype: str = "bfloat16") ->
     with tempfile.TemporaryDirectory(dir=dest_dir) as staging:
         merged = export_merged(run_dir, Path(staging) / "merged", dtype)
         _zip(merged, target, "merged", zipfile.ZIP_STORED)  # weights barely compress: store them
+    return target
+
+
+def export_gguf_zip(run_dir: Path, dest_dir: Path, gguf_type: str = "q8_0") -> Path:
+    """Base + adapter merged as GGUF (gguf_export.export_gguf) with an Ollama Modelfile, as <run>-gguf.zip."""
+    from .gguf_export import export_gguf
+
+    run_dir, dest_dir = Path(run_dir), Path(dest_dir)
+    target = dest_dir / f"{run_dir.name}-gguf.zip"
+    with tempfile.TemporaryDirectory(dir=dest_dir) as staging:
+        result = export_gguf(run_dir, Path(staging) / "gguf", (gguf_type,))
+        _zip(result.folder, target, "gguf", zipfile.ZIP_STORED)  # weights barely compress: store them
     return target
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .checkpoint import RESUMABLE, newest_checkpoint, require_run
 from .config import PRESETS, Config, fields_by_section, flag, preset
-from .data import SAMPLE_DATA, DataError, load_examples
+from .data import SAMPLE_DATA, DataError, describe, format_name, load_examples, parse_columns
 from .driver import NonFiniteSteps
 
 
@@ -57,8 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         require_run(out)  # a folder that merely holds a config.yaml is not a run to resume
         saved = Config.load(out / "config.yaml")  # flags change it where a resumed run allows (Trainer checks)
     config = build_config(args, base=saved)
-    examples = load_examples(args.data)  # bad data fails here, before any model is loaded
-    print(f"{len(examples)} examples from {args.data}; method {config.train.method}, model {config.model.model}")
+    examples = load_examples(args.data, columns=args.columns)  # bad data fails here, before any model is loaded
+    print(f"{len(examples)} examples from {args.data} (format: {format_name(examples)}); method "
+          f"{config.train.method}, model {config.model.model}")
     require_tracker(config.train.report_to)  # a missing tracker package fails here too, before the model loads
     trainer = Trainer(config, examples, out, resume=args.resume)  # checks and locks --out before the model loads
     try:
@@ -223,7 +224,7 @@ def cmd_check_teacher(args: argparse.Namespace) -> None:
     unknown = [name for name in templates if name not in TEMPLATES]
     if unknown or not templates:
         raise ValueError(f"--templates takes names from {', '.join(TEMPLATES)}; got {args.templates!r}")
-    examples = load_examples(args.data)  # bad data fails here, before any model is loaded
+    examples = load_examples(args.data, columns=args.columns)  # bad data fails here, before any model is loaded
     set_threads(args.threads)
     model, tokenizer = load_model(args.model, ModelConfig(model=args.model))
     print(f"checking {args.model} as its own teacher on {min(args.n, len(examples))} of {len(examples)} records "
@@ -245,8 +246,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.task:
         task = load_task(args.task)
     else:  # bad files fail here, before any model is loaded
-        task = Task(Path(args.data).stem, f"{args.data} / {args.eval}", load_examples(args.data),
-                    load_eval_items(args.eval))
+        task = Task(Path(args.data).stem, f"{args.data} / {args.eval}",
+                    load_examples(args.data, columns=args.columns), load_eval_items(args.eval))
     config = build_config(args, COMPARE_DEFAULTS)
     if (Path(args.out) / "report.json").exists():
         raise FileExistsError(f"{args.out} already holds a report; choose another --out (nothing was overwritten)")
@@ -318,7 +319,7 @@ def cmd_objectives(args: argparse.Namespace) -> None:
     from .models import add_lora, load_model, set_threads
     from .objectives import objectives_on_example
 
-    examples = load_examples(args.data)  # bad data fails here, before any model is loaded
+    examples = load_examples(args.data, columns=args.columns)  # bad data fails here, before any model is loaded
     if not 0 <= args.example < len(examples):
         raise ValueError(f"--example must be 0 to {len(examples) - 1} ({len(examples)} records in {args.data}); "
                          f"got {args.example}")
@@ -362,7 +363,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .models import context_length, load_tokenizer, model_path
 
     config = build_config(args)
-    examples = load_examples(args.data)  # bad data fails here, before any tokenizer is loaded
+    examples = load_examples(args.data, columns=args.columns)  # bad data fails here, before any tokenizer is loaded
+    print(f"{len(examples)} examples from {args.data}: {describe(examples, parse_columns(args.columns))}")
     tokenizer = load_tokenizer(config.model.model, config.model)
     hf_config = AutoConfig.from_pretrained(model_path(config.model.model),
                                            trust_remote_code=config.model.trust_remote_code)
@@ -372,15 +374,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """A run's adapter (with its model card) as a folder to share, or base + adapter merged in 16-bit."""
+    """A run's adapter (with its model card) as a folder to share, base + adapter merged in 16-bit, or merged
+    as GGUF with an Ollama Modelfile."""
     from .export import export_adapter, export_merged
 
-    if args.merged:
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.merged or args.format == "merged":
         print(f"merging {args.run} into its base in {args.dtype}...", flush=True)
         out = export_merged(args.run, args.out, args.dtype)
     else:
         out = export_adapter(args.run, args.out)
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    from .gguf_export import export_gguf
+
+    types = tuple(t.strip() for t in args.quant.split(",") if t.strip())
+    print(f"merging {args.run} into its base and writing GGUF ({', '.join(types)})...", flush=True)
+    result = export_gguf(args.run, args.out, types, verify=args.verify)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for gguf_type, gap in result.gaps.items():
+        print(f"verified model-{gguf_type}.gguf: loaded back with transformers' GGUF loader, largest next-token "
+              f"log-prob difference to the merged model {gap:.2e}")
+    print(f"exported to {result.folder}: " + ", ".join(sorted(p.name for p in result.folder.iterdir()))
+          + f"\nwith Ollama: ollama create my-model -f {result.folder / 'Modelfile'} && ollama run my-model")
 
 
 def cmd_push(args: argparse.Namespace) -> None:
@@ -390,12 +410,23 @@ def cmd_push(args: argparse.Namespace) -> None:
     print(f"pushed {args.adapter} to {push(args.adapter, args.repo, private=args.private)}")
 
 
+DATA_HELP = ("demonstrations: a .jsonl/.json/.csv/.tsv/.parquet file, a save_to_disk folder or a Hub dataset id; "
+             "records of prompt + demonstration, OpenAI messages, ShareGPT, Alpaca or the SDFT paper's files")
+
+
+def _add_columns_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--columns", help="your column names for what sdft-kit reads, e.g. "
+                                          "prompt=question,demonstration=answer (targets: prompt, demonstration, "
+                                          "system, messages)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft-kit", description="Self-Distillation Fine-Tuning (SDFT) toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train with SDFT (or the SFT baseline) on your demonstrations")
-    train.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
+    train.add_argument("--data", required=True, help=DATA_HELP)
+    _add_columns_flag(train)
     train.add_argument("--out", required=True, help="run directory: a new or empty folder (or a run that has no "
                                                     "completed step), unless --resume")
     train.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train")
@@ -429,7 +460,8 @@ def make_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     check = sub.add_parser("check-teacher", help="is the model, shown a demonstration, a better answerer? (a minute)")
-    check.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
+    check.add_argument("--data", required=True, help=DATA_HELP)
+    _add_columns_flag(check)
     check.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
     check.add_argument("--n", type=int, default=16, help="records to check (a seeded sample)")
     check.add_argument("--templates", default="paper,plain,system", help="comma-separated teacher templates to compare")
@@ -445,7 +477,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="the student's and teacher's prompts as token streams, and what could "
                                              "go wrong (too long, thinking or system-prompt mismatches, ...)")
-    inspect.add_argument("--data", required=True, help="JSONL or CSV of {prompt, demonstration} records")
+    inspect.add_argument("--data", required=True, help=DATA_HELP)
+    _add_columns_flag(inspect)
     inspect.add_argument("--config", help="YAML with sections model/teacher/rollout/loss/train")
     inspect.add_argument("--n", type=int, default=3, help="records to show token by token (all are checked)")
     _add_config_flags(inspect)
@@ -458,7 +491,8 @@ def make_parser() -> argparse.ArgumentParser:
         exp = sub.add_parser(name, help=text)
         if name == "compare":
             exp.add_argument("--task", help="bundled task: knowledge or tooluse")
-            exp.add_argument("--data", help="train JSONL/CSV of {prompt, demonstration} (with --eval)")
+            exp.add_argument("--data", help="training data, as for train (with --eval)")
+            _add_columns_flag(exp)
             exp.add_argument("--eval", help="eval JSONL of {prompt, answers, kind} records (with --data)")
             exp.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed..seed+N-1; report mean ± std")
         else:
@@ -486,7 +520,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     obj = sub.add_parser("objectives", help="forward KL / reverse KL / JSD x full / top-k / sampled token on one "
                                             "rollout: loss, gradient norm, cosine to the paper's, tokens pushed")
-    obj.add_argument("--data", default=str(SAMPLE_DATA), help="JSONL or CSV of {prompt, demonstration} records")
+    obj.add_argument("--data", default=str(SAMPLE_DATA), help=DATA_HELP)
+    _add_columns_flag(obj)
     obj.add_argument("--example", type=int, default=0, help="which record (0-based)")
     obj.add_argument("--model", default="embedded", help="'embedded', a Hugging Face id or a local path")
     obj.add_argument("--template", default=Config().teacher.template, help="teacher template: system (the default "
@@ -501,10 +536,18 @@ def make_parser() -> argparse.ArgumentParser:
     obj.add_argument("--out", help="folder to write objectives.json and objectives.html to")
     obj.set_defaults(func=cmd_objectives)
 
-    export = sub.add_parser("export", help="a run's adapter with its model card, or the merged model in 16-bit")
+    export = sub.add_parser("export", help="a run's adapter with its model card, the merged model in 16-bit, or "
+                                           "the merged model as GGUF with an Ollama Modelfile")
     export.add_argument("--run", required=True, help="run directory (holds config.yaml and adapter/)")
     export.add_argument("--out", required=True, help="folder to write (must be new or empty)")
-    export.add_argument("--merged", action="store_true", help="merge the adapter into its base (safetensors)")
+    export.add_argument("--format", choices=("adapter", "merged", "gguf"), default="adapter",
+                        help="adapter (PEFT, with its model card), merged (safetensors, --dtype) or gguf (llama.cpp / "
+                             "Ollama: model-<quant>.gguf and a Modelfile)")
+    export.add_argument("--merged", action="store_true", help="the same as --format merged")
+    export.add_argument("--quant", default="q8_0", help="with --format gguf: f16, q8_0 or both (f16,q8_0)")
+    export.add_argument("--verify", action="store_true",
+                        help="with --format gguf: load each file back (transformers' GGUF loader) and print its "
+                             "largest next-token log-prob difference to the merged model")
     export.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
                         help="weights of the merged model (a 4-bit run is merged into a 16-bit copy of its base)")
     export.set_defaults(func=cmd_export)

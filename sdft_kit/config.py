@@ -36,8 +36,8 @@ TEMPLATES = {"paper": PAPER_TEMPLATE, "plain": PLAIN_TEMPLATE, "system": SYSTEM_
 METHODS: list[str] = ["sdft", "sft"]
 # Who scores the student's tokens: see teachers.make_teacher.
 TeacherKind = Literal["ema", "base", "live"]
-# What samples the rollouts: see rollout.make_engine.
-Engine = Literal["hf", "vllm"]
+# What samples the rollouts: see rollout.make_engine ('auto': rollout.resolve_engine picks one of the others).
+Engine = Literal["auto", "hf", "vllm"]
 DemoSelection = Literal["own", "retrieval", "random"]
 Vocab = Literal["full", "topk", "sampled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -161,20 +161,24 @@ class RolloutConfig:
     max_context: int = _help(0, "tokens a prompt (student's or teacher's) plus max_new_tokens may take; 0: the "
                                 "model's context. Longer records stop the run before step 1 (see sdft-kit inspect)",
                              at_least=0)
-    engine: Engine = _help("hf", "what samples the rollouts: 'hf' (transformers' generate with the student's own "
-                                 "weights), 'vllm' (a vLLM engine in the training process, synced with the "
-                                 "student after every step, for faster decoding; pip install 'sdft-kit[vllm]', "
-                                 "on a GPU 'sdft-kit[vllm-cuda]'). vLLM's copy may differ slightly from the student "
-                                 "(bf16, other kernels); the loss corrects for it by truncated importance sampling, "
-                                 "see loss.is_cap", choices=ENGINES)
+    engine: Engine = _help("auto", "what samples the rollouts: 'auto' (vllm where vLLM is installed and the run is "
+                                   "one process on a full-precision base, else hf; the run says which it picked), "
+                                   "'hf' (transformers' generate with the student's own weights), 'vllm' (a vLLM "
+                                   "engine in the training process, synced with the student after every step, for "
+                                   "faster decoding; pip install 'sdft-kit[vllm]', on a GPU 'sdft-kit[vllm-cuda]'). "
+                                   "vLLM's copy may differ slightly from the student (bf16, other kernels); the loss "
+                                   "corrects for it by truncated importance sampling, see loss.is_cap. The "
+                                   "environment variable SDFT_KIT_AUTO_ENGINE=hf makes 'auto' pick hf",
+                           choices=ENGINES)
     vllm_dtype: Dtype = _help("auto", "vllm engine's dtype: 'auto' (bf16 on CUDA, fp16 on GPUs without bf16; on CPUs "
                                       "bf16 only with native bf16, AVX512-BF16 or AMX, else fp32), 'float32', "
                                       "'bfloat16' or 'float16'", choices=DTYPES)
     vllm_compile: bool = _help(False, "vllm engine: compile the model (torch.compile, CUDA graphs on a GPU) for faster "
                                       "decoding, at a longer start (~2 min on a CPU); off runs it eagerly")
-    vllm_kv_cache_mb: int = _help(256, "vllm engine on CPU: memory for its KV cache in MiB (the embedded model in "
-                                       "fp32 needs ~46 KB per token); the env var VLLM_CPU_KVCACHE_SPACE overrides it",
-                                  at_least=16)
+    vllm_kv_cache_mb: int = _help(0, "vllm engine on CPU: memory for its KV cache in MiB; 0 sizes it from the run "
+                                     "(batch x generations x (longest student prompt + max_new_tokens)), 256 MiB "
+                                     "where the run is not known. The env var VLLM_CPU_KVCACHE_SPACE overrides it",
+                                  at_least=0)
     vllm_gpu_memory: float = _help(0.3, "vllm engine on CUDA: share of the GPU's memory it may take for its weights "
                                         "and KV cache (the rest is left for training)", above=0, below=1)
 
@@ -183,6 +187,9 @@ class RolloutConfig:
             warnings.warn("rollout.engine 'int8' no longer exists: using 'hf' (or choose 'vllm')", stacklevel=3)
             self.engine = "hf"
         _check(self)
+        if 0 < self.vllm_kv_cache_mb < 16:
+            raise ValueError(f"vllm_kv_cache_mb must be 0 (sized from the run) or >= 16; got {self.vllm_kv_cache_mb} "
+                             f"(set it with {flag('vllm_kv_cache_mb')}, or under 'rollout:' in a YAML config)")
 
 
 @dataclass

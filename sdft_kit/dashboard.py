@@ -6,52 +6,33 @@
 or, to keep the loop in your hands:
 
     dash = Dashboard()
-    display(dash.widget)
+    dash.show()
     for record in trainer.steps():
         dash.update(record)
+    dash.finish()
 
 It shows the loss and mean-KL curves growing step by step, the latest rollout as a token
 strip, and the student's and teacher's top-k at one token; a dropdown picks the colouring
 metric and a slider the token. All figures come from `sdft_kit.views`. ipywidgets is
 imported when a Dashboard is made, so importing this module needs only plotly.
+
+A saved notebook keeps no widget state (JupyterLab's default), so nbconvert, GitHub and a
+printout would show an empty dashboard. `finish()` (which `watch` calls when the run ends or
+is stopped) therefore puts a static picture of the last state, one PNG of the status, curves,
+strip and detail, into the dashboard's own output: live front ends keep drawing the widget,
+the others show the picture (see `figure_output`).
 """
 
 from __future__ import annotations
 
-import json
-import uuid
+import re
 from collections.abc import Iterable
 
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs_version
 
+from .figure_output import plotly_bundle, png_bundle, stack_png
 from .records import StepRecord
 from .views import METRICS, SDFT_METRICS, curves, loudest_token, metrics_for, token_detail, token_strip
-
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
-PLOTLY_CDN = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
-
-# Loads plotly.js before plotting: a plain <script src> races the plotting code when Colab
-# puts HTML inside an ipywidgets Output, which leaves a blank chart ("Plotly is not defined").
-DRAW = """<div id="{id}" style="height:{height}px"></div>
-<script>(function () {{
-  var fig = {fig};
-  function draw() {{ Plotly.newPlot("{id}", fig.data, fig.layout, {{responsive: true}}); }}
-  if (window.Plotly) {{ draw(); return; }}
-  var script = document.createElement("script");
-  script.src = "{cdn}"; script.onload = draw; document.head.appendChild(script);
-}})();</script>"""
-
-
-def plotly_bundle(fig: go.Figure) -> dict:
-    """A display bundle for one figure that draws in any notebook front end.
-
-    JupyterLab and Notebook 7 render the plotly mimetype with the extension that ships with
-    plotly (no network needed); front ends without it, such as Colab, render the HTML, which
-    loads plotly.js from the CDN before plotting."""
-    spec = fig.to_json()  # writes "<" as \u003c, so a token "</script>" cannot end the script below
-    page = DRAW.format(id=f"sdft-{uuid.uuid4().hex}", height=fig.layout.height or 450, fig=spec, cdn=PLOTLY_CDN)
-    return {PLOTLY_MIME: json.loads(spec), "text/html": page}
 
 
 def status_line(record: StepRecord) -> str:
@@ -99,6 +80,7 @@ class Dashboard:
         self.widget = widgets.VBox([self.status, self.views["curves"], widgets.HBox([self.metric, self.position]),
                                     self.views["strip"], self.views["detail"]])
         self._syncing = False  # set while update() moves the controls, so they redraw once
+        self._handle = None  # the display of the widget, once show() made it: finish() adds the picture to it
         self.metric.observe(self._on_control, "value")
         self.position.observe(self._on_control, "value")
         records = list(records)
@@ -148,15 +130,57 @@ class Dashboard:
             return
         with self.views[name]:
             clear_output(wait=True)  # replace, without the flicker of an empty frame
-            display(plotly_bundle(self.figures[name]), raw=True)
+            data, _ = plotly_bundle(self.figures[name])  # no PNG at every step: finish() leaves the picture
+            display(data, raw=True)
+
+    def show(self) -> None:
+        """Display the dashboard, as an output that `finish()` can later add the static picture to."""
+        from IPython.display import display
+
+        self._handle = display(self.widget, display_id=True)
+
+    def static_bundle(self) -> tuple[dict, dict]:
+        """(data, metadata) of the last state as a static picture: one PNG of the status line, the curves,
+        the strip and the detail, as an image and as HTML. Empty where no step came or no PNG can be made."""
+        if not self.records:
+            return {}, {}
+        status = re.sub(r"</?b>", "", status_line(self.records[-1]))  # plain text
+        parts = [self.figures[name] for name in ("curves", "strip", "detail")]
+        png = stack_png(parts, "dashboard at the end: " + status)
+        image = png_bundle(png, f"training dashboard, last state: {status}")
+        if not image:
+            return {}, {}
+        return ({"text/html": image["img"], "image/png": image["image/png"],
+                 "text/plain": f"training dashboard, last state: {status}"}, image["metadata"])
+
+    def finish(self) -> None:
+        """Leave the last state as a static picture behind the widget (see the module's docstring).
+
+        Shown with `show()`, the picture joins the widget's own output; otherwise it is displayed
+        as an output of its own."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is None:
+            return
+        data, metadata = self.static_bundle()
+        if not data:
+            return
+        if self._handle is None:
+            display(data, metadata=metadata, raw=True)
+        else:  # the widget view stays: live front ends draw it; a saved notebook has no widget state, so
+            # nbconvert skips it for the picture
+            self._handle.update({**self.widget._repr_mimebundle_(), **data}, metadata=metadata, raw=True)
 
 
 def watch(records: Iterable[StepRecord], compare: list[StepRecord] | None = None) -> Dashboard:
-    """Display a Dashboard and update it with each record as it arrives (e.g. `trainer.steps()`)."""
-    from IPython.display import display
-
+    """Display a Dashboard and update it with each record as it arrives (e.g. `trainer.steps()`); when the
+    records end, or the run is stopped, leave its last state as a static picture (`Dashboard.finish`)."""
     dashboard = Dashboard(compare=compare)
-    display(dashboard.widget)
-    for record in records:
-        dashboard.update(record)
+    dashboard.show()
+    try:
+        for record in records:
+            dashboard.update(record)
+    finally:
+        dashboard.finish()
     return dashboard

@@ -98,11 +98,18 @@ def make_batch(trainer: Trainer, indices: list[int]) -> Completions:
         for i, ex in zip(indices, examples) for _ in range(n)])
 
 
+def batches_per_call(config: Config, method: Method) -> int:
+    """Micro-batches one rollout call samples: `steps_per_generation` steps' worth when rollouts are reused, else 1
+    (each micro-batch samples its own)."""
+    reuse = method.batch == "rollout" and config.rollout.steps_per_generation > 1
+    return config.rollout.steps_per_generation * config.train.grad_accum if reuse else 1
+
+
 def next_batches(trainer: Trainer) -> list[tuple[list[int], Completions]]:
     """The next micro-batches as (this process's example indices, batch): one, or for a method that rolls out,
     `rollout.steps_per_generation` steps' worth sampled in one engine call (the later ones reused)."""
     train, rollout = trainer.config.train, trainer.config.rollout
-    count = rollout.steps_per_generation * train.grad_accum if trainer.method.batch == "rollout" else 1
+    count = batches_per_call(trainer.config, trainer.method)
     # Each micro-batch: the global batch's next indices, of which this process takes its contiguous share.
     groups = [trainer.processes.shard(trainer.order.take(train.batch_size * trainer.processes.world))
               for _ in range(count)]

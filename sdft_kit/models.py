@@ -217,11 +217,27 @@ def load_model(name: str = EMBEDDED, config: ModelConfig | None = None) -> tuple
     if load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
+        keep_one_4bit_layout(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model.to(device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def keep_one_4bit_layout(model: torch.nn.Module) -> int:
+    """Keep each 4-bit layer's weights in the layout they were loaded in; returns how many layers.
+
+    On a CPU with AVX512-BF16, bitsandbytes (>= 0.49) repacks a 4-bit layer's weights at its first forward
+    in eval mode without gradient (a teacher pass, a rollout) into the layout of a bf16 inference kernel,
+    and from then on runs every forward through that kernel, which has no backward: training afterwards
+    takes wrong gradients through the base layers (torch warns "an autograd kernel was not registered"),
+    and the weights move to new storage. One layout keeps one copy, exact gradients and fp32 compute.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,7 @@ class StepRecord(TypedDict, total=False):
     grad_norm: float  # before clipping
     is_weight: float | None  # mean importance weight of the loss tokens, for engines sampling from other weights
     tokens: int  # completion tokens in the step (over every process)
+    engine: str | None  # the rollout engine that sampled ('hf' or 'vllm'; what 'auto' picked); None for SFT
     processes: int  # training processes (accelerate launch); 1 in a plain run
     global_batch: int  # records per optimizer step over every process: batch_size * grad_accum * processes
     seconds: StepSeconds

@@ -3,8 +3,9 @@
 Sampling is done by an engine, picked by `rollout.engine`:
     hf    transformers' `generate` on the student's own weights (LoRA merged while decoding);
     vllm  a vLLM engine in the training process, synced with the student after every step
-          (faster decoding; its own copy of the weights; see vllm_engine.py).
-An engine has two methods: `sample(prompts, do_sample=True) -> Completions` and
+          (faster decoding; its own copy of the weights; see vllm_engine.py);
+    auto  (the default) vllm where it can run, else hf: `resolve_engine` says which and why.
+An engine has a `name` and two methods: `sample(prompts, do_sample=True) -> Completions` and
 `after_step()`, called after every optimizer step (where an engine holding its own copy
 of the weights would sync them). Engines that sample from other weights than the
 student's record each sampled token's log-prob (`Completions.sampler_logprobs`) so the
@@ -15,6 +16,9 @@ loss can correct for the mismatch. Adding an engine: a class with the two method
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
+import os
 from typing import Protocol
 
 import torch
@@ -27,6 +31,8 @@ from .models import eval_mode, is_quantized
 
 
 class RolloutEngine(Protocol):
+    name: str  # what config.rollout.engine names it
+
     def sample(self, prompts: list[str], *, do_sample: bool = True) -> Completions: ...
 
     def after_step(self) -> None: ...
@@ -80,6 +86,8 @@ class SampledLogprobs:
 class HFEngine:
     """transformers' `generate` on the student's current weights: nothing to sync after a step."""
 
+    name = "hf"
+
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
 
@@ -119,19 +127,47 @@ class HFEngine:
         pass
 
 
-def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None) -> RolloutEngine:
-    """The rollout engine of `config.engine` (one of config.ENGINES) over the student `model`."""
-    config = config or RolloutConfig()
-    if config.engine == "hf":
-        return HFEngine(model, tokenizer, config)
-    if config.engine == "vllm":
-        if world_size() > 1:
-            raise ValueError("rollout.engine 'vllm' runs in a single process for now; use --engine hf with several "
-                             "processes")
-        from .vllm_engine import VLLMEngine
+def resolve_engine(config: RolloutConfig, model, *, processes: int = 1) -> tuple[str, str]:
+    """The engine `config.engine` stands for in this run, and why: 'auto' is vllm where it can run, else hf.
 
-        return VLLMEngine(model, tokenizer, config)
-    raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {config.engine!r}")
+    vLLM samples 1.5-2.5x faster than `generate` on a CPU and starts in ~15 s, which a run
+    earns back within its first few steps (docs/performance.md); it runs in one process only,
+    and over a 4-bit base it would hold a full-precision copy, defeating QLoRA's memory saving.
+    """
+    if config.engine != "auto":
+        return config.engine, "set in the config"
+    if os.environ.get("SDFT_KIT_AUTO_ENGINE") == "hf":
+        return "hf", "SDFT_KIT_AUTO_ENGINE=hf"
+    if processes > 1:
+        return "hf", f"{processes} processes (the vllm engine runs in one)"
+    if model is not None and is_quantized(model):
+        return "hf", "a 4-bit base (vLLM would hold a full-precision copy)"
+    if importlib.util.find_spec("vllm") is None:
+        return "hf", "vLLM is not installed"
+    return "vllm", "vLLM is installed"
+
+
+def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None, *,
+                sequences: int | None = None, longest_prompt: int | None = None) -> RolloutEngine:
+    """The rollout engine of `config.engine` (one of config.ENGINES) over the student `model`.
+
+    `sequences` (prompts per rollout) and `longest_prompt` (tokens of the longest student
+    prompt the run will sample from) let the vllm engine size its KV cache to the run.
+    """
+    config = config or RolloutConfig()
+    if config.engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {config.engine!r}")
+    engine, reason = resolve_engine(config, model, processes=world_size())
+    if config.engine == "auto":
+        print(f"sdft-kit: rollout engine 'auto' -> {engine} ({reason})", flush=True)
+    if engine == "hf":
+        return HFEngine(model, tokenizer, config)
+    if world_size() > 1:
+        raise ValueError("rollout.engine 'vllm' runs in a single process for now; use --engine hf with several "
+                         "processes")
+    from .vllm_engine import VLLMEngine
+
+    return VLLMEngine(model, tokenizer, config, sequences=sequences, longest_prompt=longest_prompt)
 
 
 def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: RolloutConfig | None = None,
@@ -139,6 +175,10 @@ def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], confi
     """Sample `generations_per_prompt` completions per prompt from the current student, with `config.engine`.
 
     Returned rows are grouped by prompt: row i belongs to prompt i // generations. A
-    training loop keeps one engine (`make_engine`) instead; this builds one per call.
+    training loop keeps one engine (`make_engine`) instead; this builds one per call, so
+    'auto' is hf here (a vLLM engine would take longer to start than one call saves).
     """
+    config = config or RolloutConfig()
+    if config.engine == "auto":
+        config = dataclasses.replace(config, engine="hf")
     return make_engine(model, tokenizer, config).sample(prompts, do_sample=do_sample)

@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, Example, _file_records, _query, example_from_record, load_examples
+from .data import DataError, Example, example_from_record, load_examples
+from .data_formats import prompt_messages as _query
+from .data_sources import file_records as _file_records
 from .evaluate import ANSWER_PATTERN, KINDS, EvalItem
 from .text import option_letter
 

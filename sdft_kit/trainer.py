@@ -38,7 +38,7 @@ from .distributed import launched_processes, process_device
 from .driver import NonFiniteSteps
 from .inspector import inspect_prompts
 from .losses import chunk_shares
-from .methods import make_batch, method_of, next_batches
+from .methods import batches_per_call, make_batch, method_of, next_batches
 from .models import (add_lora, context_length, load_model, lora_parameters, peak_rss_mb, release_freed_memory,
                      set_threads)
 from .records import SampleRecord, StepRecord, append_record, load_records, sample_record  # noqa: F401 (re-exported)
@@ -106,7 +106,6 @@ class Trainer:
             release_freed_memory()
         self.optimizer, self.scheduler = make_optimizer(model, train)
         self.teacher = make_teacher(model, config.teacher)
-        self.engine = make_engine(model, tokenizer, config.rollout) if self.method.batch == "rollout" else None
         self.selector = DemoSelector(self.examples, config.teacher.demo_selection, config.teacher.num_demos,
                                      train.seed)
         # Every record's prompts, before any step: a record over the model's context (a clear error now, not a
@@ -114,6 +113,10 @@ class Trainer:
         self.inspection = inspect_prompts(tokenizer, self.examples, config, context=context_length(model.config))
         if self.inspection.errors:
             raise DataError(self.inspection.summary().removeprefix("error: "))
+        longest_prompt = max(len(record.student_ids) for record in self.inspection.records)  # sizes vLLM's KV cache
+        self.engine = (make_engine(model, tokenizer, config.rollout, longest_prompt=longest_prompt,
+                                   sequences=train.batch_size * batches_per_call(config, self.method))
+                       if self.method.batch == "rollout" else None)
         self.order = DataOrder(len(self.examples), train.seed)  # the data position: order.seen
         self.pending: list[tuple[list[int], Completions]] = []  # rollouts sampled for the next micro-batches
         self.step, self.elapsed, self.saved_step = 0, 0.0, 0
@@ -216,7 +219,8 @@ class Trainer:
         return {"step": self.step, "steps": cfg.train.steps, "method": self.method.name, "loss": loss,
                 "mean_kl": divergence_sum / max(tokens, 1) if self.method.uses_teacher else None, "lr": lr,
                 "grad_norm": grad_norm, "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
-                "tokens": int(tokens), "processes": self.processes.world,
+                "tokens": int(tokens), "engine": self.engine.name if self.engine is not None else None,
+                "processes": self.processes.world,
                 "global_batch": cfg.train.batch_size * cfg.train.grad_accum * self.processes.world,
                 "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
                 "elapsed_s": round(self.elapsed, 3), "peak_mem_mb": round(peak_memory_mb(self.device), 1),

@@ -9,6 +9,8 @@
     compare_scores(report)    new-task and previous-skills scores per method (a compare report)
     batch_html(...)           a batch as the model sees it: which tokens are context, which are trained
     export_token_html(...)    strip + detail as one self-contained HTML file
+    show(fig)                 display a figure in a notebook, live, with a static PNG copy in the same
+                              output for saved notebooks, nbconvert and GitHub (see figure_output)
 
 Every figure reads only what a record of `metrics.jsonl` holds (see `records.StepRecord`),
 so a finished run re-plots from `load_records(run_dir)`.
@@ -24,6 +26,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from .figure_output import show  # noqa: F401 (views.show: how the notebooks display every figure)
 from .records import StepRecord
 
 RED, BLUE, WHITE = "#b2182b", "#2166ac", "#f7f7f7"

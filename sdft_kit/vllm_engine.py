@@ -10,6 +10,14 @@ post-processing; the CPU backend repacks weights for oneDNN there, which is why 
 The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so the weights
 are handed over as tensors rather than pickled.
 
+Memory: on a CPU the KV cache is sized from the run (the prompts per rollout times the
+longest student prompt plus max_new_tokens, in vLLM's 128-token blocks) rather than a
+fixed 256 MiB, and `max_model_len` is what the run needs. vLLM does not give an engine's
+memory back when it is dropped, so a process keeps one engine per base model and later
+trainers (a sweep, a notebook's second run) reuse it: the first sync of each new trainer
+pushes every weight. LoRA requests (vLLM's own adapters) were measured as the other way
+to sync: on the CPU backend they decode 2.5x slower than merged weights (docs/performance.md).
+
 vLLM's model may differ slightly from the student's (bf16, other kernels), so each
 sampled token's log-prob under vLLM, at the sampling temperature, is returned as
 `Completions.sampler_logprobs` and the loss weights each token by
@@ -20,15 +28,20 @@ top_p < 1 the recorded log-prob is the nucleus-renormalised one (what was sample
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from .batch import Completions, eos_ids, mask_after_eos, tokenize_prompts
 from .config import RolloutConfig
-from .models import is_quantized
+from .models import context_length, is_quantized
+
+BLOCK_TOKENS = 128  # vLLM's KV-cache block on the CPU backend (attention models)
+FALLBACK_KV_MB = 256  # where the run's prompts are not known
 
 
 def install_hint() -> str:
@@ -85,7 +98,7 @@ def merged_weights(model, dtype: torch.dtype, *, adapted_only: bool = False):
             layer = lora_layers.get(layer_name)
             if layer is None or leaf != "weight":
                 if not adapted_only:
-                    yield name.replace(".base_layer.", "."), param.detach()
+                    yield name.replace(".base_layer.", "."), param.detach().to(dtype)
                 continue
             yield f"{layer_name}.weight", folded_weight(layer, dequantize_module_weight(layer.get_base_layer())).to(dtype)
 
@@ -111,62 +124,128 @@ def resident_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def kv_bytes_per_token(hf_config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token takes in the KV cache of every layer."""
+    text = hf_config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads  # names vary
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def kv_cache_plan(hf_config, dtype: torch.dtype, config: RolloutConfig, sequences: int | None,
+                  longest_prompt: int | None) -> tuple[int, int]:
+    """(KV cache MiB, max tokens per sequence; -1 lets vLLM choose) for this run on a CPU.
+
+    With the run known: `sequences` x generations sequences of the longest prompt plus
+    max_new_tokens, each in whole 128-token blocks, and one block to spare; else 256 MiB.
+    """
+    if config.vllm_kv_cache_mb or not (sequences and longest_prompt):
+        return config.vllm_kv_cache_mb or FALLBACK_KV_MB, -1
+    longest = longest_prompt + config.max_new_tokens
+    blocks = sequences * config.generations_per_prompt * math.ceil(longest / BLOCK_TOKENS) + 1
+    mib = math.ceil(blocks * BLOCK_TOKENS * kv_bytes_per_token(hf_config, dtype) / 2**20)
+    return max(mib, 16), longest
+
+
+@dataclass
+class SharedLLM:
+    """One vLLM engine of the process, and which VLLMEngine's weights it holds now."""
+
+    llm: object
+    kv_cache_mb: int
+    max_len: int
+    owner: object = None
+
+
+# vLLM keeps an engine's memory after the engine is dropped: one engine per (model, dtype, mode), reused.
+_ENGINES: dict[tuple, SharedLLM] = {}
+
+
 class VLLMEngine:
     """A colocated vLLM engine sampling with the student's current weights (synced before each rollout)."""
 
-    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig):
+    name = "vllm"
+
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, *,
+                 sequences: int | None = None, longest_prompt: int | None = None):
         start, resident_before = time.perf_counter(), resident_mb()
         vllm = import_vllm()
         self.model, self.tokenizer, self.config = model, tokenizer, config
         device = next(model.parameters()).device
         self.dtype = engine_dtype(config.vllm_dtype, device)
         self.eos = eos_ids(model, tokenizer)
-        # The engine must run in this process: the weights are handed to it as tensors.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        kv_mb, max_len = kv_cache_plan(model.config, getattr(torch, self.dtype), config, sequences, longest_prompt)
         if device.type == "cuda":
             memory = {"gpu_memory_utilization": config.vllm_gpu_memory}
         else:  # VLLM_CPU_KVCACHE_SPACE, if set, overrides this in vLLM
-            memory = {"kv_cache_memory_bytes": config.vllm_kv_cache_mb * 2**20}
+            memory = {"kv_cache_memory_bytes": kv_mb * 2**20}
+        key = (model.config.name_or_path, self.dtype, config.vllm_compile, device.type)
+        shared = _ENGINES.get(key)
+        fits = shared is not None and (shared.max_len >= max_len if max_len > 0 else shared.max_len > 0) and (
+            device.type == "cuda" or shared.kv_cache_mb >= kv_mb)
+        self.reused = fits
+        if not fits:
+            if shared is not None:
+                print("sdft-kit: starting a second vLLM engine for a larger KV cache; the first one's memory stays "
+                      "taken (vLLM does not return it)", flush=True)
+            shared = _ENGINES[key] = self._start(vllm, model, config, device, memory, max_len, kv_mb)
+        self.shared, self.llm = shared, shared.llm
+        self.start_seconds = time.perf_counter() - start
+        self.memory_mb = resident_mb() - resident_before  # CPU: `import vllm`, its weights, KV cache, buffers
+        self.max_len = self.llm.llm_engine.model_config.max_model_len
+        self.stale = True  # synced before the first rollout, after any checkpoint is loaded
+        self.sync_seconds = 0.0
+        mode = "compiled" if config.vllm_compile else "eager"
+        where = (f"{config.vllm_gpu_memory:.0%} of the GPU" if device.type == "cuda"
+                 else f"KV cache {shared.kv_cache_mb} MiB, +{self.memory_mb:.0f} MB resident")
+        state = "reused (this process's engine for this model)" if self.reused else "ready"
+        print(f"sdft-kit: vLLM engine {state} in {self.start_seconds:.1f} s ({self.dtype}, {mode}, {where}, "
+              f"up to {self.max_len} tokens per sequence)", flush=True)
+
+    def _start(self, vllm, model, config: RolloutConfig, device: torch.device, memory: dict, max_len: int,
+               kv_mb: int) -> SharedLLM:
+        # The engine must run in this process: the weights are handed to it as tensors.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if device.type == "cpu":
             # vLLM 0.32's CPU build cannot reload its own AOT-compiled artefacts ("Compiling
             # model again due to a load failure"); without AOT, later starts reuse the inductor cache.
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+        if max_len > 0 and context_length(model.config):
+            max_len = min(max_len, context_length(model.config))
         # vLLM's CPU worker turns torch.set_num_threads into a no-op for the whole process
         # (it expects to own its threads); the thread count was set before, keep the function.
         set_num_threads = torch.set_num_threads
+        # vLLM's start-up warnings are advice for serving (tcmalloc, Triton) and, for a float32 checkpoint in a
+        # 16-bit engine, one line per weight (120 for the embedded model): the line printed below says what started.
+        quiet = logging.root.manager.disable
+        logging.disable(logging.WARNING)
         try:
-            self.llm = vllm.LLM(
+            llm = vllm.LLM(
                 model=model.config.name_or_path, dtype=self.dtype, seed=0,
                 enforce_eager=not config.vllm_compile,
-                max_model_len=-1,  # as long as the KV cache allows (capped by the model's own limit)
+                max_model_len=max_len,  # -1: as long as the KV cache allows (capped by the model's own limit)
                 logprobs_mode="processed_logprobs",  # log-probs after temperature: what was sampled from
                 **memory)
         finally:
             torch.set_num_threads = set_num_threads
-        self.start_seconds = time.perf_counter() - start
+            logging.disable(quiet)
         # Each sync warns of the weights it did not get (frozen layers, rotary tables, a tied
         # LM head); they keep their tensors, which is right. (Set after the engine exists:
         # starting it reconfigures vLLM's loggers.)
         logging.getLogger("vllm.model_executor.model_loader.reload").setLevel(logging.ERROR)
-        self.memory_mb = resident_mb() - resident_before  # CPU: `import vllm`, its weights, KV cache, buffers
-        self.max_len = self.llm.llm_engine.model_config.max_model_len
-        self.stale, self.synced = True, False  # synced before the first rollout, after any checkpoint is loaded
-        self.sync_seconds = 0.0
-        mode = "compiled" if config.vllm_compile else "eager"
-        where = (f"{config.vllm_gpu_memory:.0%} of the GPU" if device.type == "cuda"
-                 else f"KV cache {config.vllm_kv_cache_mb} MiB, +{self.memory_mb:.0f} MB resident")
-        print(f"sdft-kit: vLLM engine ready in {self.start_seconds:.1f} s ({self.dtype}, {mode}, {where}, "
-              f"up to {self.max_len} tokens per sequence)", flush=True)
+        return SharedLLM(llm, kv_mb, llm.llm_engine.model_config.max_model_len)
 
     def sync_weights(self) -> None:
         """Push the student's current weights (LoRA folded in) into vLLM's copy."""
         start = time.perf_counter()
-        # The first sync sends every weight, later ones only the adapted layers (the rest is
-        # frozen). A 4-bit model's frozen layers are packed: vLLM keeps those it loaded from disk.
-        adapted_only = self.synced or is_quantized(self.model)
+        # A trainer's first sync sends every weight (the engine may hold another model's), later
+        # ones only the adapted layers (the rest is frozen). A 4-bit model's frozen layers are
+        # packed: vLLM keeps those it loaded from disk.
+        adapted_only = self.shared.owner is self or is_quantized(self.model)
         weights = merged_weights(self.model, getattr(torch, self.dtype), adapted_only=adapted_only)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached prompt blocks were computed with the old weights
-        self.stale, self.synced = False, True
+        self.stale, self.shared.owner = False, self
         self.sync_seconds = time.perf_counter() - start
 
     def sampling_params(self, do_sample: bool):
@@ -187,7 +266,7 @@ class VLLMEngine:
         """`generations_per_prompt` completions per chat-rendered prompt, grouped by prompt (row i: prompt i // n)."""
         from vllm.inputs import TokensPrompt
 
-        if self.stale:
+        if self.stale or self.shared.owner is not self:
             self.sync_weights()
         config, tokenizer = self.config, self.tokenizer
         device = next(self.model.parameters()).device

@@ -13,6 +13,9 @@ if "TRACKIO_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], True)
 for remote in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):
     os.environ.pop(remote, None)
+# rollout.engine 'auto' would start a vLLM engine (~15 s, ~0.7 GB) in every SDFT test where vLLM is
+# installed (CI installs it): the suite runs the hf engine unless a test names 'vllm' (or tests 'auto').
+os.environ["SDFT_KIT_AUTO_ENGINE"] = "hf"
 
 
 @pytest.fixture
@@ -85,3 +88,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def static_images():
+    """Needs kaleido and a Chrome/Chromium for the figures' static PNGs: skipped where they are missing,
+    a failure where SDFT_KIT_REQUIRE_STATIC_FIGURES is set (CI installs Debian's chromium)."""
+    from sdft_kit.figure_output import renderer
+
+    reason = renderer.unavailable()
+    if reason and os.environ.get("SDFT_KIT_REQUIRE_STATIC_FIGURES"):
+        pytest.fail(f"SDFT_KIT_REQUIRE_STATIC_FIGURES is set but static PNGs cannot be made: {reason}")
+    if reason:
+        pytest.skip(f"no static PNGs here: {reason}")

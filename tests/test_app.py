@@ -38,6 +38,36 @@ def test_upload_bytes_parse_as_jsonl_json_array_or_csv():
         ("Hi?", "Hello.", "record 1"), ("Bye?", "Bye.", "record 2")]
 
 
+def test_uploads_in_other_formats_show_the_detected_format_and_the_command_reuses_it():
+    files = SAMPLES_DIR.parent.parent / "tests" / "data_files"
+    alpaca = app_data.parse_upload((files / "alpaca.json").read_bytes())
+    assert app_data.upload_kind((files / "alpaca.json").read_bytes()) == "json"
+    assert app_data.data_status(alpaca) == ("✓ <b>3 examples</b> loaded: Alpaca, 3 records; columns "
+                                            "instruction+input -&gt; prompt, output -&gt; demonstration.")
+    assert [ex.source for ex in alpaca] == ["record 1", "record 2", "record 3"]
+    parquet = (files / "alpaca.parquet").read_bytes()  # binary, told by its magic number, not refused as binary
+    assert app_data.upload_kind(parquet) == "parquet"
+    assert [ex.source for ex in app_data.parse_upload(parquet)] == ["row 1", "row 2"]
+    tsv = (files / "qa.tsv").read_bytes()
+    assert app_data.upload_kind(tsv) == "tsv"
+    with pytest.raises(DataError, match=r"^uploaded file \(TSV\), line 1: TSV header has columns 'question', "):
+        app_data.parse_upload(tsv)
+    mapped = app_data.parse_upload(tsv, columns="prompt=question,demonstration=answer")
+    assert [ex.source for ex in mapped] == ["line 2", "line 3"] and mapped[1].demonstration == "Eight."
+    assert "question -&gt; prompt, answer -&gt; demonstration (--columns)" in app_data.data_status(
+        mapped, "prompt=question,demonstration=answer")
+    command = logic.cli_command(Config(), data="demos.tsv", columns="prompt=question,demonstration=answer")
+    assert command == ("sdft-kit train --data demos.tsv --columns prompt=question,demonstration=answer "
+                       "--out runs/my-run")
+    args = make_parser().parse_args(command.split()[1:])
+    assert len(load_examples(files / "qa.tsv", columns=args.columns)) == 2  # the CLI reads what the app read
+    # the sample list says what each sample holds
+    import re
+
+    for label, path in app_data.SAMPLES.items():
+        assert int(re.search(r"\((\d+) ", label)[1]) == len(load_examples(path)), label
+
+
 @pytest.mark.parametrize("data, expected", [
     (b"", "the file is empty"),
     (b"  \n\n", "the file is empty"),
@@ -48,7 +78,7 @@ def test_upload_bytes_parse_as_jsonl_json_array_or_csv():
     (b'{"prompt": "a", "demonstration": ""}\n', "line 1: field 'demonstration' is empty"),
     (b"prompt,demonstration\nHi?,caf\xe9\n", "line 2: byte 0xe9 is not valid UTF-8"),
     (b"x" * 2048, "2.0 KB is over the 1.0 KB limit"),
-    (b'[{"prompt": "a", "demonstration": "b"},\n {"prompt": "c"}]', "(JSON array), record 2: field 'demonstration'"),
+    (b'[{"prompt": "a", "demonstration": "b"},\n {"prompt": "c"}]', "(JSON array), record 2 (line 2): field 'demonstration'"),
     (b'[{"prompt": "a",\n "demonstration": "b"', "(JSON array), line 2: invalid JSON"),
     (b"[]", "(JSON array): expected a non-empty array"),
     (b'{"prompt": "a", "demonstration": "b"}\n{"prompt": "' + b"y" * 600 + b'", "demonstration": "b"}\n',
@@ -371,6 +401,17 @@ def test_merged_export_matches_base_plus_adapter(tmp_path):
     (tmp_path / "again").mkdir()
     again = zipfile.ZipFile(logic.export_merged_zip(run_dir, tmp_path / "again"))
     assert load(again.read("merged/model.safetensors"))[name].dtype == torch.bfloat16
+
+
+def test_gguf_export_zip_holds_the_file_and_the_modelfile(tiny_model_dir, tmp_path):
+    from tiny_models import write_lora_run
+
+    run_dir = write_lora_run(tiny_model_dir("qwen3"), tmp_path / "runs" / "my-run", lora_r=4)
+    archive = zipfile.ZipFile(logic.export_gguf_zip(run_dir, tmp_path))
+    assert archive.filename.endswith("my-run-gguf.zip")
+    assert sorted(archive.namelist()) == ["gguf/Modelfile", "gguf/model-q8_0.gguf"]
+    assert archive.read("gguf/Modelfile").decode().startswith("FROM ./model-q8_0.gguf\nTEMPLATE")
+    assert archive.read("gguf/model-q8_0.gguf")[:4] == b"GGUF"
 
 
 def test_chat_and_compare_refuse_a_message_over_the_context_at_once(tiny_llama_dir):

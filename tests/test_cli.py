@@ -96,3 +96,24 @@ def test_the_package_still_exports_every_name_lazily():
     # no exported name is also a submodule's: importing the submodule would rebind the package's attribute
     modules = {path.stem for path in Path(sdft_kit.__file__).parent.glob("*.py")}
     assert not modules & set(sdft_kit.__all__), modules & set(sdft_kit.__all__)
+
+
+def test_columns_and_the_detected_format_in_train_and_inspect(tmp_path):
+    """A CSV of question/answer trains with --columns (one SFT step), and train and inspect name the format."""
+    qa = "tests/data_files/qa.csv"
+    refused = _run("train", "--data", qa, "--out", str(tmp_path / "r0"), "--method", "sft")
+    assert refused.returncode == 2 and "--columns prompt=question,demonstration=answer" in refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "qa.csv, line 1" in errors[0] and "Traceback" not in refused.stderr
+    assert not (tmp_path / "r0").exists()
+    trained = _run("train", "--data", qa, "--columns", "prompt=question,demonstration=answer", "--out",
+                   str(tmp_path / "r1"), "--method", "sft", "--steps", "1", "--batch-size", "2", "--report-to", "none")
+    assert trained.returncode == 0, trained.stderr
+    assert f"2 examples from {qa} (format: prompt-demonstration)" in trained.stdout and "step   1/1" in trained.stdout
+    shown = _run("inspect", "--data", "tests/data_files/alpaca.json", "--n", "0")
+    assert shown.returncode == 0, shown.stderr
+    assert ("3 examples from tests/data_files/alpaca.json: Alpaca, 3 records; columns instruction+input -> prompt, "
+            "output -> demonstration") in shown.stdout
+    for command in (["check-teacher"], ["compare", "--eval", "e.jsonl", "--out", "o"], ["objectives"]):
+        args = make_parser().parse_args([*command, "--data", qa, "--columns", "prompt=question,demonstration=answer"])
+        assert args.columns == "prompt=question,demonstration=answer"

@@ -1,17 +1,21 @@
+import base64
 import json
+import re
 from pathlib import Path
 
 import nbformat
-import plotly.graph_objects as go
 import pytest
 from nbclient import NotebookClient
+from nbconvert import HTMLExporter
 from nbformat.v4 import new_code_cell, new_notebook
 from test_views import make_record
 
-from sdft_kit.dashboard import PLOTLY_MIME, Dashboard, plotly_bundle
+from sdft_kit.dashboard import Dashboard
+from sdft_kit.figure_output import PLOTLY_MIME, STATIC_SCALE, STATIC_WIDTH, png_size
 from sdft_kit.views import display_token, escaped
 
 REPO = Path(__file__).resolve().parents[1]
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 def test_update_changes_widget_state_on_each_new_record():
@@ -58,15 +62,6 @@ def test_dashboard_replots_a_finished_run_next_to_a_baseline():
     assert {"SDFT", "SFT", "SDFT loss", "SFT loss"} <= names and "step 3/3" in dash.status.value
 
 
-def test_plotly_bundle_renders_with_or_without_the_plotly_extension():
-    fig = go.Figure(go.Bar(x=[1, 2], text=["</script>", "x"]), layout=dict(height=222))
-    bundle = plotly_bundle(fig)
-    assert bundle[PLOTLY_MIME]["data"][0]["text"] == ["</script>", "x"]  # the spec Jupyter's extension draws
-    page = bundle["text/html"]
-    assert page.count("</script>") == 1  # a "</script>" in the data does not cut the fallback's script short
-    assert 'style="height:222px"' in page and "Plotly.newPlot" in page and "script.onload = draw" in page
-
-
 class RecordingClient(NotebookClient):
     """Executes a notebook headless and keeps every plotly figure the kernel displays, in order."""
 
@@ -110,7 +105,11 @@ def test_dashboard_updates_at_every_step_of_a_training_run_in_a_notebook():
                              resources={"metadata": {"path": str(REPO)}})
     client.execute()
 
-    assert notebook.cells[0].outputs[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    # The setup cell shows the widget; a library may print to stderr before it (a stream output), so look it up.
+    widget_views = [out["data"][WIDGET_MIME] for out in notebook.cells[0].outputs if WIDGET_MIME in out.get("data", {})]
+    assert len(widget_views) == 1 and widget_views[0]["model_id"], notebook.cells[0].outputs
+    printed = "".join(out.get("text", "") for out in notebook.cells[0].outputs if out.output_type == "stream")
+    assert "kernels-community" not in printed and "Failed to load" not in printed, printed  # issue 24
     lines = "".join(out.get("text", "") for out in notebook.cells[1].outputs if out.output_type == "stream")
     states = [json.loads(line[len("STATE "):]) for line in lines.splitlines() if line.startswith("STATE ")]
     ids = json.loads(lines.split("IDS ", 1)[1].splitlines()[0])
@@ -147,3 +146,41 @@ def test_the_status_line_shows_elapsed_and_remaining_time():
     assert "step 2/10" in line and "elapsed 00:30 < remaining 02:00" in line  # 15 s a step, 8 steps left
     done = status_line({"step": 10, "steps": 10, "method": "sdft", "loss": 0.5, "elapsed_s": 3725.0})
     assert "elapsed 1:02:05" in done and "remaining" not in done
+
+
+FINISHED = """\
+import sys
+sys.path.insert(0, "tests")
+from test_views import make_record
+from sdft_kit.dashboard import watch
+
+def run(steps, stop_after=None):
+    for step in range(1, steps + 1):
+        if step == stop_after:
+            raise KeyboardInterrupt  # the user stops the run
+        yield make_record(step=step, loss=1 / step)
+
+done = watch(run(3))
+"""
+STOPPED = "stopped = watch(run(3, stop_after=3))"
+
+
+def test_a_finished_or_stopped_run_leaves_its_last_state_as_a_picture_behind_the_widget(static_images):
+    notebook = new_notebook(cells=[new_code_cell(FINISHED), new_code_cell(STOPPED)])
+    NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(REPO)}}).execute()
+    finished, stopped = ([o for o in cell.outputs if o.output_type == "display_data"] for cell in notebook.cells)
+    assert notebook.cells[1].outputs[-1].ename == "KeyboardInterrupt"  # the stop still reaches the user
+    for outputs, last_step in ((finished, 3), (stopped, 2)):
+        assert len(outputs) == 1  # one output: the widget, with the picture added to it, not beside it
+        data = outputs[0].data
+        assert data["application/vnd.jupyter.widget-view+json"]["model_id"]  # live front ends keep the widget
+        assert data["text/plain"].startswith(f"training dashboard, last state: step {last_step}/3 · SDFT")
+        png = base64.b64decode(data["image/png"])
+        # one PNG of the status line (36 px), curves (340), strip (2 rows, the answer has a newline: 228), detail (320)
+        assert png_size(png) == (STATIC_WIDTH * STATIC_SCALE, (36 + 340 + 228 + 320) * STATIC_SCALE)
+        assert data["text/html"].count("<img ") == 1 and data["image/png"] in data["text/html"]
+    # Saved without widget state (JupyterLab's default), nbconvert skips the widget and shows the picture.
+    notebook.metadata.pop("widgets", None)
+    page, _ = HTMLExporter().from_notebook_node(notebook)
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 2

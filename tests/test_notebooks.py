@@ -2,17 +2,23 @@
 
 Each notebook's cell tagged `parameters` sets the model and sizes; papermill injects the small
 values below after it, so CI runs every notebook top to bottom in well under a minute each on
-the embedded model. A notebook that raises in any cell fails its test.
+the embedded model. A notebook that raises in any cell fails its test. Each executed notebook is also rendered to HTML
+with nbconvert, as JupyterLab saves it (no widget state): every figure it drew must be there as an image.
 """
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
+from nbconvert import HTMLExporter
+
+from sdft_kit import Config
+from sdft_kit.figure_output import PLOTLY_MIME, renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -34,7 +40,8 @@ EXERCISE_OUTPUTS = {
     "01_sdft_in_five_steps": ["KL without it (teacher prompt = student prompt): 0.0000",
                               "largest change in the teacher's log-probs after the update: 0.00e+00",
                               "teacher (with demonstration)"],  # the before/after table, every column
-    "02_train_on_your_demos": ["(skip_first = 3)", "trained parameters: 4.9 M of 139 M (3.5%)"],
+    "02_train_on_your_demos": [f"(skip_first = {Config().loss.skip_first})",  # Config()'s default
+                               "trained parameters: 4.9 M of 139 M (3.5%)"],
     "03_sdft_vs_sft_forgetting": ["base model on the previous-skills probe: 100%"],
     "04_knowledge_injection": ["base model: 0% of 3 knowledge questions"],
     "05_continual_learning": ["same base row for SFT and SDFT: True", "previous-skills probe, base row: 100%"],
@@ -62,6 +69,37 @@ def all_text(notebook) -> str:
             elif out.output_type in ("display_data", "execute_result"):
                 parts.append(str(out.data.get("text/plain", "")) + str(out.data.get("text/html", "")))
     return "\n".join(parts)
+
+
+def figures_drawn(notebook) -> list:
+    """The outputs that hold a figure: each plotly figure, and each dashboard (a cell that calls `watch(`)."""
+    outputs = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        shown = [o for o in cell.get("outputs", []) if o.output_type in ("display_data", "execute_result")]
+        outputs += [o for o in shown if PLOTLY_MIME in o.data]
+        if "watch(" in cell.source:
+            outputs += [o for o in shown if "application/vnd.jupyter.widget-view+json" in o.data][:1]
+    return outputs
+
+
+def check_figures_survive_as_images(executed) -> None:
+    """Rendered to HTML without widget state, as JupyterLab saves a notebook, each figure is an <img>."""
+    figures = figures_drawn(executed)
+    assert figures, "every notebook draws at least one figure"
+    reason = renderer.unavailable()
+    if reason and not os.environ.get("SDFT_KIT_REQUIRE_STATIC_FIGURES"):
+        # no kaleido or browser here: the figures stay live only, and the notebook says so once
+        assert "sdft-kit: figures are live only" in all_text(executed) or reason.startswith("SDFT_KIT_STATIC")
+        return
+    assert reason is None, f"SDFT_KIT_REQUIRE_STATIC_FIGURES is set but static PNGs cannot be made: {reason}"
+    assert all("image/png" in figure.data for figure in figures)
+    saved = nbformat.from_dict(executed)
+    saved.metadata.pop("widgets", None)
+    page, _ = HTMLExporter().from_notebook_node(saved)
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,', page)
+    assert len(images) == len(figures), f"{len(figures)} figures drawn, {len(images)} images in the HTML"
 
 
 def test_every_notebook_has_small_parameters_for_ci():
@@ -116,6 +154,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
         assert line in all_text(executed), line
     # no frozen "Loading weights" bar (a widget: its text/plain is in all_text) and no peft FutureWarning
     assert "Loading weights" not in all_text(executed) and "is_gradient_checkpointing" not in all_text(executed)
+    check_figures_survive_as_images(executed)
     # Runs land in the working directory (here tmp_path), never in the repo, and their losses are finite.
     runs = list(tmp_path.glob("runs/**/metrics.jsonl"))
     assert bool(runs) == (path.stem != "01_sdft_in_five_steps")  # 01 trains by hand, without a Trainer

@@ -66,6 +66,46 @@ def test_chat_answers_one_message_like_generate_text_on_the_rendered_prompt(lora
     assert chat(model, tokenizer, messages, 12) == expected
 
 
+def test_auto_engine_picks_vllm_only_where_it_can_run(monkeypatch, lora_model):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from sdft_kit.rollout import resolve_engine
+
+    model, _ = lora_model
+    monkeypatch.delenv("SDFT_KIT_AUTO_ENGINE", raising=False)
+    auto = RolloutConfig()
+    assert auto.engine == "auto"  # the default
+    assert resolve_engine(RolloutConfig(engine="hf"), model, processes=2) == ("hf", "set in the config")
+    assert resolve_engine(RolloutConfig(engine="vllm"), model) == ("vllm", "set in the config")
+    assert resolve_engine(auto, model, processes=2)[0] == "hf"  # accelerate: the vllm engine runs in one process
+    four_bit = SimpleNamespace(config=SimpleNamespace(quantization_config={"load_in_4bit": True}))
+    assert resolve_engine(auto, four_bit) == ("hf", "a 4-bit base (vLLM would hold a full-precision copy)")
+    installed = importlib.util.find_spec("vllm") is not None
+    assert resolve_engine(auto, model) == (("vllm", "vLLM is installed") if installed else ("hf", "vLLM is not installed"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    assert resolve_engine(auto, model) == ("hf", "vLLM is not installed")
+    monkeypatch.undo()
+    monkeypatch.setenv("SDFT_KIT_AUTO_ENGINE", "hf")
+    assert resolve_engine(auto, model) == ("hf", "SDFT_KIT_AUTO_ENGINE=hf")
+
+
+def test_make_engine_says_what_auto_picked_and_one_off_rollouts_use_hf(monkeypatch, capsys, lora_model, demo_examples):
+    from sdft_kit import vllm_engine
+    from sdft_kit.rollout import make_engine
+
+    model, tokenizer = lora_model
+    monkeypatch.setenv("SDFT_KIT_AUTO_ENGINE", "hf")
+    assert make_engine(model, tokenizer, RolloutConfig()).name == "hf"
+    assert "rollout engine 'auto' -> hf (SDFT_KIT_AUTO_ENGINE=hf)" in capsys.readouterr().out
+    # a one-off rollout never starts a vLLM engine for 'auto' (it would take longer to start than the call saves)
+    monkeypatch.delenv("SDFT_KIT_AUTO_ENGINE")
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", None)  # starting one would fail here
+    batch = rollout(model, tokenizer, [student_prompt(tokenizer, demo_examples[0])], RolloutConfig(max_new_tokens=4))
+    assert batch.completion_ids.shape == (1, 4) or batch.completion_mask.sum() <= 4
+
+
 def test_rollouts_for_several_steps_keep_the_samplers_logprobs(lora_model, demo_examples, one_thread):
     from sdft_kit.batch import completion_logits
 

@@ -6,6 +6,7 @@ small KV cache) serves the whole module.
 """
 
 import importlib.util
+import math
 import os
 import sys
 
@@ -21,6 +22,8 @@ from sdft_kit.rollout import make_engine
 from sdft_kit.update import demonstration_loss, make_optimizer, optimizer_step
 
 from test_fast_paths import _perturbed_lora_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # decoding on a shared 2-core CPU: one thread is faster
 
 # fp32 vLLM against the fp32 student, per token: measured up to 5e-5 on this CPU
 # (different kernels and summation order); 1e-3 leaves room for other CPUs.
@@ -106,6 +109,45 @@ def test_after_an_optimizer_step_vllm_samples_from_the_new_weights(student, engi
     assert float((recorded - old).abs().max()) > 50 * TOLERANCE  # the old weights would not have sampled these
 
 
+def test_a_second_engine_reuses_the_process_engine_and_samples_its_own_students_weights(student, engine):
+    """Trainers after the first (a sweep, a notebook's second run) reuse the engine; each syncs its own weights."""
+    from sdft_kit.models import add_lora, load_model
+
+    model, tokenizer, _, prompts = student
+    other, _ = load_model("embedded")
+    other = add_lora(other, seed=3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in lora_parameters(other).values():
+            p.add_(torch.randn_like(p) * 0.05)
+    second = make_engine(other, tokenizer, engine.config)
+    assert second.reused and second.llm is engine.llm and second.start_seconds < 1
+    for sampler, weights in ((second, other), (engine, model), (second, other)):  # each switch pushes every weight
+        torch.manual_seed(2)
+        batch = sampler.sample(prompts)
+        recorded = batch.sampler_logprobs[batch.completion_mask.bool()]
+        torch.testing.assert_close(recorded, student_logprobs(weights, batch), rtol=0, atol=TOLERANCE)
+    assert float((recorded - student_logprobs(model, batch)).abs().max()) > 50 * TOLERANCE  # the models differ
+
+
+def test_the_kv_cache_is_sized_from_the_run():
+    from types import SimpleNamespace
+
+    from sdft_kit.vllm_engine import kv_cache_plan, kv_bytes_per_token
+
+    text = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    config = SimpleNamespace(get_text_config=lambda: text)  # the embedded model's shape: head_dim 576 / 9 = 64
+    assert kv_bytes_per_token(config, torch.bfloat16) == 2 * 30 * 3 * 64 * 2 == 23040
+    # 4 prompts of up to 41 tokens + 64 new: one 128-token block each, one to spare: 5 x 128 x 23040 B = 14.1 MiB
+    assert kv_cache_plan(config, torch.bfloat16, RolloutConfig(max_new_tokens=64), 4, 41) == (16, 105)  # >= 16
+    # 8 prompts x 2 generations of up to 200 + 128 tokens: 3 blocks each, 49 blocks of 128 x 46080 B (fp32)
+    assert kv_cache_plan(config, torch.float32, RolloutConfig(max_new_tokens=128, generations_per_prompt=2), 8,
+                         200) == (math.ceil(49 * 128 * 46080 / 2**20), 328) == (276, 328)
+    # an explicit size, or a run that is not known: vLLM fits the sequence length to the cache
+    assert kv_cache_plan(config, torch.float32, RolloutConfig(vllm_kv_cache_mb=64), 4, 41) == (64, -1)
+    assert kv_cache_plan(config, torch.float32, RolloutConfig(), None, None) == (256, -1)
+
+
 def test_a_missing_vllm_is_a_one_line_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` sees when it is not installed
     with pytest.raises(RuntimeError, match=r"rollout.engine='vllm' needs vLLM.*pip install 'sdft-kit\[vllm") as err:
@@ -118,5 +160,6 @@ def test_vllm_settings_are_checked():
         RolloutConfig(vllm_gpu_memory=1.5)
     with pytest.raises(ValueError, match="vllm_dtype must be one of"):
         RolloutConfig(vllm_dtype="int4")
-    with pytest.raises(ValueError, match="vllm_kv_cache_mb must be >= 16"):
-        RolloutConfig(vllm_kv_cache_mb=0)
+    with pytest.raises(ValueError, match=r"vllm_kv_cache_mb must be 0 \(sized from the run\) or >= 16; got 8"):
+        RolloutConfig(vllm_kv_cache_mb=8)
+    assert RolloutConfig().vllm_kv_cache_mb == 0  # sized from the run by default

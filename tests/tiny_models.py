@@ -90,3 +90,24 @@ def build_tiny_model(family: str, folder: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_lora_run(base: str, folder: str | Path, std: float = 0.02, lora_r: int = 8) -> Path:
+    """A run directory as training leaves it (config.yaml, adapter/ with its tokenizer) whose LoRA adapter
+    really changes the model: B ~ N(0, std), seed 0 (a fresh adapter's B is zero)."""
+    from sdft_kit.config import Config
+    from sdft_kit.models import add_lora, load_model
+
+    folder = Path(folder)
+    config = Config().replace(model=str(base), lora_r=lora_r, load_in_4bit=False)
+    model, tokenizer = load_model(config.model.model, config.model)
+    model = add_lora(model, config.model, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    model.save_pretrained(folder / "adapter")
+    tokenizer.save_pretrained(folder / "adapter")
+    config.save(folder / "config.yaml")
+    return folder
