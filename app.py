@@ -36,6 +36,7 @@ from sdft_kit.config import DEMO_SELECTIONS, METHODS, REPORT_TO, TEACHER_KINDS, 
 from sdft_kit.models import set_threads
 
 CUDA = torch.cuda.is_available()
+CHATS_AT_ONCE = 4  # chat answers generated side by side, over all sessions (each slows the others a little)
 DEFAULT_DATA = {"data": "demos.jsonl"}  # the command's --data before any data is loaded
 CSS = """
 .gradio-container {max-width: 1280px !important}
@@ -531,8 +532,12 @@ def chat_tab(page: Page) -> SimpleNamespace:
 
     inputs = [page.worker, chatbot, message, source, run, demonstration, s["model"], s["template"],
               s["custom_template"], max_new_tokens, temperature, top_p, repetition_penalty, stop]
-    send.click(on_send, inputs, [chatbot, message, note], api_name="chat")
-    message.submit(on_send, inputs, [chatbot, message, note], api_name=False)
+    # gradio runs one event of a kind at a time by default: one session's long answer would hold up every other
+    # session's chat. Generation only reads the shared model, so a few answers are generated side by side.
+    send.click(on_send, inputs, [chatbot, message, note], api_name="chat", concurrency_limit=CHATS_AT_ONCE,
+               concurrency_id="chat")
+    message.submit(on_send, inputs, [chatbot, message, note], api_name=False, concurrency_limit=CHATS_AT_ONCE,
+                   concurrency_id="chat")
     clear.click(lambda: ([], ""), None, [chatbot, note], api_name=False)
     return SimpleNamespace(tab=tab, run=run)
 

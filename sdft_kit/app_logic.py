@@ -407,17 +407,20 @@ def compare_answers(prompt: str, demonstration: str, model: str = "embedded", ru
     base, tokenizer = timed("load", 0.0, lambda: load_model(config.model.model, config.model))
     example = Example(({"role": "user", "content": prompt},), demonstration)
     student = student_prompt(tokenizer, example)
-    answers = {"base": timed("base", 0.25, lambda: generate_text(base, tokenizer, [student], max_new_tokens)[0]),
+    # A prompt that does not fit the model's context is refused (generation.TooLong), not answered.
+    answers = {"base": timed("base", 0.25, lambda: generate_text(base, tokenizer, [student], max_new_tokens,
+                                                                 names=["the prompt"])[0]),
                "trained": None, "teacher": None, "seconds": seconds}
     if demonstration.strip():
         shown = teacher_prompt(tokenizer, example, [demonstration], config.teacher.template)
-        answers["teacher"] = timed("teacher", 0.5, lambda: generate_text(base, tokenizer, [shown], max_new_tokens)[0])
+        answers["teacher"] = timed("teacher", 0.5, lambda: generate_text(
+            base, tokenizer, [shown], max_new_tokens, names=["the prompt with the demonstration"])[0])
     if run_dir is not None:
         from peft import PeftModel
 
         def trained_answer() -> str:
             trained = PeftModel.from_pretrained(base, adapter_dir(Path(run_dir)))
-            return generate_text(trained, tokenizer, [student], max_new_tokens)[0]
+            return generate_text(trained, tokenizer, [student], max_new_tokens, names=["the prompt"])[0]
 
         answers["trained"] = timed("trained", 0.75, trained_answer)
     return answers

@@ -26,12 +26,13 @@ import json
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .batch import mean_logprobs
-from .generation import generate_text
+from .generation import TooLong, generate_text, prompt_tokens, require_fit
 from .config import TEMPLATES
 from .data import Example
 from .demos import student_prompt, teacher_prompt
@@ -352,6 +353,22 @@ def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return answers
 
 
+def _require_fit(model, tokenizer, picked: list[Example], others: list[str] | None, templates, max_new_tokens: int,
+                 labels: list[str]) -> None:
+    """TooLong, naming the record, unless each of its prompts fits the context with room for both what is scored
+    after it (a demonstration) and what is generated (max_new_tokens): checked before any model call, as a
+    200k-character record would otherwise take gigabytes in its first forward pass."""
+    for i, ex in enumerate(picked):
+        room = max(max_new_tokens, prompt_tokens(tokenizer, ex.demonstration))
+        prompts = {"the student prompt": student_prompt(tokenizer, ex)}
+        for template, label in zip(templates, labels):
+            prompts[f"the teacher prompt ({label})"] = teacher_prompt(tokenizer, ex, [ex.demonstration], template)
+            if others is not None:
+                prompts[f"the control's teacher prompt ({label})"] = teacher_prompt(tokenizer, ex, [others[i]], template)
+        for what, text in prompts.items():
+            require_fit(model, prompt_tokens(tokenizer, text), room, f"{ex.source or f'record {i + 1}'}: {what}")
+
+
 def _figures(template: str, rows: list[dict], echo_tokens: int) -> TemplateResult:
     def mean(key: str) -> float | None:
         values = [row[key] for row in rows if row[key] is not None]
@@ -390,6 +407,9 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
     demos = [ex.demonstration for ex in picked]
     others = demos[1:] + demos[:1] if len(picked) > 1 else None  # the control: each record sees the next one's
     score = SCORERS[scorer] if isinstance(scorer, str) else scorer
+    labels = [template_label(t) if template_label(t) != "custom" else f"custom{position}"
+              for position, t in enumerate(templates, start=1)]
+    _require_fit(model, tokenizer, picked, others, templates, max_new_tokens, labels)
     bar = tqdm(total=len(picked) * (1 + len(templates)), desc="teacher check", unit="answer", disable=not progress)
     with eval_mode(model):
         student_prompts = [student_prompt(tokenizer, ex) for ex in picked]
@@ -418,8 +438,7 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
             # A skip_first that covers the echo: the answer's tokens up to the end of its longest echo.
             echo_tokens = max((len(tokenizer(a[:span[1]], add_special_tokens=False)["input_ids"])
                                for a, span in zip(answers, spans) if span), default=0)
-            name = template_label(template)
-            result = _figures(name if name != "custom" else f"custom{position}", rows, echo_tokens)
+            result = _figures(labels[position - 1], rows, echo_tokens)
             result.verdict, result.advice = judge(result, skip_first)
             results.append(result)
     bar.close()
@@ -437,16 +456,22 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
                         seconds=round(time.perf_counter() - start, 2), settings=settings)
 
 
-def quick_check(trainer, progress: bool = True) -> TeacherCheck:
+def quick_check(trainer, progress: bool = True) -> TeacherCheck | None:
     """The short check run before SDFT training (CLI and app): 8 records, the run's template.
 
     Runs on the trainer's fresh adapter (a no-op, so this is the base model as teacher)
-    and saves teacher_check.json in the run directory, if there is one.
+    and saves teacher_check.json in the run directory, if there is one. A sampled record whose teacher
+    prompt and demonstration together overflow the context (training needs room for max_new_tokens only)
+    skips the check, with a warning: it advises, and must not stop a run that can train.
     """
     config = trainer.config
-    check = check_teacher(trainer.model, trainer.tokenizer, trainer.examples, templates=[config.teacher.template],
-                          n=8, max_new_tokens=min(32, config.rollout.max_new_tokens), seed=config.train.seed,
-                          skip_first=config.loss.skip_first, progress=progress)
+    try:
+        check = check_teacher(trainer.model, trainer.tokenizer, trainer.examples, templates=[config.teacher.template],
+                              n=8, max_new_tokens=min(32, config.rollout.max_new_tokens), seed=config.train.seed,
+                              skip_first=config.loss.skip_first, progress=progress)
+    except TooLong as err:
+        warnings.warn(f"the teacher check was skipped: {err}")
+        return None
     if trainer.out_dir is not None:
         check.save(trainer.out_dir / "teacher_check.json")
     return check

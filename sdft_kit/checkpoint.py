@@ -12,7 +12,8 @@ A checkpoint (or the final adapter) is written to checkpoint.tmp/, every file fs
 complete.json (each file's size), then moved into place by two renames, checkpoint/ -> checkpoint.old/
 and checkpoint.tmp/ -> checkpoint/, each followed by an fsync of the run directory. A kill at any moment
 leaves a complete checkpoint under one of the three names; resuming takes the newest complete one and
-puts it back as checkpoint/ (`recover`).
+puts it back as checkpoint/ (`recover`). A checkpoint/ that is not complete was damaged after it was
+written (a write never leaves one so): resuming falls back to a complete .old or .tmp, else refuses.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from itertools import takewhile
 from pathlib import Path
@@ -59,11 +61,14 @@ class RunDir:
         the RESUMABLE settings. Nothing is written before these checks pass.
         """
         run = cls(path)
-        if resume and not (run.path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{run.path}: not a run directory (config.yaml is missing); nothing to resume")
-        if not resume:
+        if resume:
+            require_run(run.path)
+        else:
             run._refuse_foreign()
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise disk_error(run.path, err) from err
         run.acquire()
         try:
             if resume:
@@ -80,7 +85,10 @@ class RunDir:
         """Lock the run for this process (a no-op if it already holds it)."""
         if self._lock is not None or fcntl is None:
             return
-        lock = open(self.path / LOCK_FILE, "a+")
+        try:
+            lock = open(self.path / LOCK_FILE, "a+")
+        except OSError as err:  # a read-only folder
+            raise disk_error(self.path / LOCK_FILE, err) from err
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -117,15 +125,15 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"{self.path} is a file; --out needs a folder")
         others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE) if self.path.is_dir() else []
-        legacy = (self.path / CONFIG_FILE).is_file() and any((self.path / n).exists() for n in (METRICS_FILE, CHECKPOINT))
-        if others and RUN_FILE not in others and not legacy:  # legacy: a run of a version without run.json
+        if others and not is_run(self.path):
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise FileExistsError(f"{self.path} is not empty and is not an sdft-kit run (it holds {shown}); choose a "
                                   "new or empty folder for --out (nothing was written)")
 
     def _start(self, config: Config, data: dict) -> None:
         metrics = self.path / METRICS_FILE
-        if metrics.is_file() and metrics.stat().st_size or newest_checkpoint(self.path) is not None:
+        if metrics.is_file() and metrics.stat().st_size or (self.path / CHECKPOINT).exists() \
+                or newest_checkpoint(self.path) is not None:
             raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it, or choose another "
                                   "--out (nothing was overwritten)")
         self._refuse_foreign()  # again, now that no other process can write here
@@ -148,10 +156,16 @@ class RunDir:
             raise ValueError(f"{self.path}: the data differs from what this run was trained on ({trained_on['examples']} "
                              f"examples from {trained_on['source']}); --resume needs the same records. Pass that "
                              "data, or start a new run in another --out")
+        self.checkpoint = recover(self.path)  # a damaged only checkpoint is refused here
+        trained = complete_step(self.checkpoint) if self.checkpoint is not None else 0
+        if config.train.steps < trained:
+            # config.yaml, the model card and the records must tell the same story: a run is not shortened.
+            raise ValueError(f"{self.path}: --steps {config.train.steps} is fewer than the {trained} steps this run "
+                             f"has already trained; a run cannot be shortened (nothing was changed). Pass --steps "
+                             f"{trained + 1} or more to train on, or use the run as it is")
         if changes or not trained_on:  # record what changed, and the data of runs made before run.json
             write_atomic(self.path / RUN_FILE, json.dumps({"sdft_kit_run": 1, "data": data}))
             write_atomic(self.path / CONFIG_FILE, config.to_yaml())
-        self.checkpoint = recover(self.path)
 
     # -- writing --
     def append_record(self, record: StepRecord) -> None:
@@ -162,13 +176,20 @@ class RunDir:
             raise disk_error(path, err) from err
 
     def trim_metrics(self, step: int) -> None:
-        """Keep the records of steps up to `step` (the checkpoint's: later ones are redone); a torn line goes too."""
+        """Keep the records of steps up to `step` (the checkpoint's: later ones are redone, said in a warning);
+        a torn line goes too."""
         path = self.path / METRICS_FILE
         if not path.is_file():
             return
         records, ends = read_metrics(path)
         kept = len(list(takewhile(lambda record: record["step"] <= step, records)))
         end = ends[kept - 1] if kept else 0
+        if kept < len(records):
+            first, last = records[kept]["step"], records[-1]["step"]
+            steps = f"step {first}" if first == last else f"steps {first}-{last}"
+            after = f"the checkpoint of step {step}" if step else "the start (there is no checkpoint)"
+            warnings.warn(f"{path}: the records of {steps} were logged after the newest checkpoint; training "
+                          f"continues from {after}, so those steps are trained again and their records replaced")
         if end < path.stat().st_size:
             with open(path, "r+b") as f:
                 f.truncate(end)
@@ -230,6 +251,27 @@ def read_state(folder: Path, model, optimizer, scheduler, teacher) -> dict:
     return progress
 
 
+def is_run(path: str | Path) -> bool:
+    """Whether `path` holds an sdft-kit run: run.json, or (a run of a version before run.json) config.yaml
+    beside metrics.jsonl or a checkpoint."""
+    path = Path(path)
+    legacy = (path / CONFIG_FILE).is_file() and any((path / name).exists() for name in (METRICS_FILE, CHECKPOINT))
+    return (path / RUN_FILE).is_file() or legacy
+
+
+def require_run(path: str | Path) -> None:
+    """FileNotFoundError, in one line, unless `path` is a run with its config.yaml (what --resume needs)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a run directory (no such folder); nothing to resume")
+    if not is_run(path):
+        raise FileNotFoundError(f"{path} is not an sdft-kit run (it has no run.json), so there is nothing to resume "
+                                "(nothing was written); pass the folder of a run, or start a new run in a new or "
+                                "empty --out")
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a run directory (config.yaml is missing); nothing to resume")
+
+
 def mark_run(path: str | Path) -> Path:
     """Make `path` a run folder with no step yet, which a new Trainer may start in (the app prepares its runs so)."""
     path = Path(path)
@@ -257,6 +299,24 @@ def complete_step(folder: Path) -> int | None:
         return None
 
 
+def damage_of(folder: Path) -> str:
+    """What makes a checkpoint folder incomplete, naming the file: missing, or not the size it was sealed with."""
+    marker = folder / COMPLETE
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except FileNotFoundError:
+        return f"{marker} is missing"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{marker} is damaged"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} is {path.stat().st_size} bytes, not the {size} it was written with"
+    return f"{folder} is damaged"
+
+
 def newest_checkpoint(run: str | Path) -> tuple[int, Path] | None:
     """(step, folder) of the newest complete checkpoint among checkpoint/, .old and .tmp; None if there is none."""
     run = Path(run)
@@ -266,11 +326,22 @@ def newest_checkpoint(run: str | Path) -> tuple[int, Path] | None:
 
 
 def recover(run: str | Path) -> Path | None:
-    """The newest complete checkpoint, moved back to checkpoint/ if a crash left it as .old or .tmp."""
-    newest = newest_checkpoint(run)
+    """The newest complete checkpoint, moved back to checkpoint/ if a crash left it as .old or .tmp.
+
+    A checkpoint/ that is there but not complete was damaged after it was written: the newest complete
+    .old or .tmp is taken instead, with a warning; with none, ValueError names the damaged file."""
+    newest, final = newest_checkpoint(run), Path(run) / CHECKPOINT
+    if final.exists() and (newest is None or newest[1] != final):
+        damage = damage_of(final)
+        if newest is None:
+            raise ValueError(f"{damage}: the run's only checkpoint is damaged, so --resume cannot continue the run "
+                             "(nothing was changed). Put back an intact copy of that folder, or start a new run in "
+                             "another --out")
+        warnings.warn(f"{damage}: the newest checkpoint is damaged; resuming from the previous complete one, of "
+                      f"step {newest[0]}")
     if newest is None:
         return None
-    folder, final = newest[1], Path(run) / CHECKPOINT
+    folder = newest[1]
     if folder.name.endswith(".tmp"):  # killed between the two renames, or before the first
         _swap_in(folder, final)
     elif folder != final:  # .old, with checkpoint/ missing or incomplete
@@ -336,16 +407,23 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def disk_error(path: Path, err: BaseException) -> OSError:
-    """One line for a failed write: the path, the reason and the free space left on its disk."""
+    """One line for a failed write: the path, what is really wrong, and what to do about it."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    code = err.errno if isinstance(err, OSError) else None
     folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "the file system is read-only" if code == errno.EROFS else "permission denied"
+        writable = path.parent if path.parent.exists() else folder
+        return OSError(f"could not write {path}: {reason}; make {writable} writable (then continue the run with "
+                       "--resume), or choose another --out")
     free = shutil.disk_usage(folder).free if folder else None
     # torch reports a full disk only as a failed write ("unexpected pos ..."): the free space tells.
-    full = isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in text or free == 0
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or free == 0
     reason = ("no space left on the device" if full
               else err.strerror if isinstance(err, OSError) and err.strerror else text)
     room = "free space unknown" if free is None else f"{_size(free)} free on that disk"
-    return OSError(f"could not write {path}: {reason} ({room}); free some space, then continue the run with --resume")
+    what = "free some space" if full else "check that disk"
+    return OSError(f"could not write {path}: {reason} ({room}); {what}, then continue the run with --resume")
 
 
 def _size(n: float) -> str:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from .checkpoint import RESUMABLE, newest_checkpoint
+from .checkpoint import RESUMABLE, newest_checkpoint, require_run
 from .config import PRESETS, Config, fields_by_section, flag, preset
 from .data import SAMPLE_DATA, DataError, describe, format_name, load_examples, parse_columns
+from .driver import NonFiniteSteps
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -54,8 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     saved = None
     if args.resume:
-        if not (out / "config.yaml").is_file():
-            raise FileNotFoundError(f"{out}: not a run directory (config.yaml is missing); nothing to resume")
+        require_run(out)  # a folder that merely holds a config.yaml is not a run to resume
         saved = Config.load(out / "config.yaml")  # flags change it where a resumed run allows (Trainer checks)
     config = build_config(args, base=saved)
     examples = load_examples(args.data, columns=args.columns)  # bad data fails here, before any model is loaded
@@ -64,9 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     require_tracker(config.train.report_to)  # a missing tracker package fails here too, before the model loads
     trainer = Trainer(config, examples, out, resume=args.resume)  # checks and locks --out before the model loads
     try:
-        # Launched as several processes (accelerate launch): process 0 alone reports.
-        with contextlib.nullcontext() if trainer.processes.main else contextlib.redirect_stdout(io.StringIO()):
-            return _train(trainer, args, config, out)
+        return _train(trainer, args, config, out)  # launched as several processes: process 0 alone speaks (main)
     finally:
         trainer.close()
 
@@ -177,8 +174,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _chat_in_terminal(model, tokenizer, first: str | None, max_new_tokens: int, settings: dict) -> None:
-    """Multi-turn chat: each answer is printed as it is generated and kept in the conversation."""
-    from .generation import stream_chat
+    """Multi-turn chat: each answer is printed as it is generated and kept in the conversation. A message
+    that does not fit the model's context is refused in one line, and the chat goes on."""
+    from .generation import TooLong, stream_chat
 
     print("Type a message and press Enter. /reset starts over; an empty line, /exit or Ctrl-D ends.", flush=True)
     messages: list[dict] = []
@@ -199,9 +197,17 @@ def _chat_in_terminal(model, tokenizer, first: str | None, max_new_tokens: int, 
             messages = []
             continue
         messages.append({"role": "user", "content": text})
-        print("model> ", end="", flush=True)
-        answer = ""
-        for grown in stream_chat(model, tokenizer, messages, max_new_tokens, **settings):
+        answers = stream_chat(model, tokenizer, messages, max_new_tokens, **settings)
+        try:
+            answer = next(answers)  # the conversation is checked against the context before anything is generated
+        except TooLong as err:
+            messages.pop()
+            print(f"error: {err} (this message was left out; /reset starts over)", file=sys.stderr, flush=True)
+            continue
+        except StopIteration:
+            answer = ""
+        print(f"model> {answer}", end="", flush=True)
+        for grown in answers:
             print(grown[len(answer):], end="", flush=True)
             answer = grown
         print(flush=True)
@@ -559,6 +565,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _process_rank() -> int:
+    """This process's rank among the training processes (accelerate launch / torchrun set RANK); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """What the command prints to stdout and stderr, dropped (a training process other than process 0)."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
 def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted command leaves, said truthfully: the checkpoint kept, if any."""
     if args.command != "train":
@@ -576,15 +594,23 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one line each, without the source line
+        rank = _process_rank()
         try:
-            return args.func(args) or 0
+            with _quiet() if rank else contextlib.nullcontext():
+                return args.func(args) or 0
         except (DataError, ValueError, OSError, RuntimeError) as err:
             if os.environ.get("SDFT_KIT_DEBUG"):
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            # Several processes (accelerate launch): process 0 speaks. Bad input (data, settings, files) is the
+            # same in every process, so the others keep quiet about it; anything else may be theirs alone.
+            if rank == 0:
+                print(f"error: {err}", file=sys.stderr)
+            elif not isinstance(err, (ValueError, OSError, NonFiniteSteps)):
+                print(f"error (process {rank}): {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print(_interrupted(args), file=sys.stderr)
+            if rank == 0:
+                print(_interrupted(args), file=sys.stderr)
             return 130
 
 

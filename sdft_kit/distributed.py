@@ -14,11 +14,19 @@ The gradients are combined with one all-reduce of a flat buffer per step (accele
 `reduce`) rather than by wrapping the model in DistributedDataParallel: DDP reduces on
 every backward pass, and a step here runs a data-dependent number of chunked backward
 passes per process, which DDP would need to match across processes.
+
+A training process ends with its launcher: if the launcher dies (even by kill -9), Linux sends each
+process SIGTERM, which stops training after the step under way with a checkpoint, as Ctrl-C does
+(`follow_launcher`); without it the processes would train on, holding the run's lock. And a launch
+that starts one process where several were asked for (`accelerate launch --cpu --num_processes 2`)
+is refused instead of training alone.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -85,10 +93,41 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def follow_launcher() -> None:
+    """Have Linux send this process SIGTERM when its parent, the launcher, dies (prctl PR_SET_PDEATHSIG).
+
+    Called before the processes connect to each other; a launcher already gone by then (this process
+    was handed to init, pid 1) gets the same SIGTERM at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def refuse_a_lone_process() -> None:
+    """ValueError when a launcher asked for several processes but started this one alone.
+
+    `accelerate launch --cpu --num_processes N` runs the script once, leaving several CPU processes to
+    mpirun; it sets MASTER_PORT (for N > 1) but no WORLD_SIZE, so this process would train alone."""
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1")
+    if on_cpu and "MASTER_PORT" in os.environ and world_size() <= 1:
+        raise ValueError("`accelerate launch --cpu` starts one training process, however many --num_processes "
+                         "asks for (accelerate leaves several CPU processes to mpirun), so this one would train "
+                         "alone. For several processes on CPUs use `accelerate launch --multi_gpu --num_processes N "
+                         "...`: without GPUs they train on the CPU over gloo (README, Scaling up); for one, leave "
+                         "out --num_processes")
+
+
 def launched_processes() -> Processes:
     """The processes this one was launched among."""
     if world_size() <= 1:
+        refuse_a_lone_process()
         return Processes()
+    follow_launcher()
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPUs, nccl on GPUs

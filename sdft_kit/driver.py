@@ -195,11 +195,12 @@ def train(trainer: Trainer, *, check: bool = False, progress: bool = True, echo:
         from .check import quick_check
 
         phase("checking the teacher")
-        outcome.check = quick_check(trainer, progress=progress)
-        saved = f" (saved to {trainer.out_dir / 'teacher_check.json'})" if trainer.out_dir is not None else ""
-        say(outcome.check.summary() + saved + "\n")
-        if on_check is not None:
-            on_check(outcome.check)
+        outcome.check = quick_check(trainer, progress=progress)  # None: skipped (a record too long for it)
+        if outcome.check is not None:
+            saved = f" (saved to {trainer.out_dir / 'teacher_check.json'})" if trainer.out_dir is not None else ""
+            say(outcome.check.summary() + saved + "\n")
+            if on_check is not None:
+                on_check(outcome.check)
     if stop is not None and stop.is_set():
         trainer.stop()
     phase("training")

@@ -7,6 +7,8 @@
 Evaluation, the teacher check, the demo, the CLI's `generate` and the app read answers through these.
 `chat` and `stream_chat` also take a repetition penalty and stop strings (the answer ends before
 the first one), so a small model that loops ("El Salvador, el Salvador, ...") can be reined in.
+A prompt that, with room for the answer, does not fit the model's context is refused (TooLong, one
+line) before anything is generated: past its context a model answers garbage, slowly, in a lot of memory.
 """
 
 from __future__ import annotations
@@ -20,13 +22,35 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCrit
 from .batch import eos_ids
 from .config import RolloutConfig
 from .demos import render
-from .models import eval_mode
+from .models import context_length, eval_mode
 from .rollout import rollout
 
 
+class TooLong(ValueError):
+    """A prompt that, with the room asked for its answer, does not fit the model's context."""
+
+
+def require_fit(model, tokens: int, room: int, what: str) -> None:
+    """TooLong, naming `what` and the limit, unless `tokens` plus `room` for the answer fit the model's context
+    (models that name no context length are not checked)."""
+    context = context_length(model.config)
+    if context and tokens + room > context:
+        raise TooLong(f"{what} is {tokens} tokens; with {room} for the answer that is more than the model's context "
+                      f"of {context} tokens. Shorten it" + (", or ask for fewer new tokens" if tokens < context else ""))
+
+
+def prompt_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """The length in tokens of a chat-rendered prompt (the template wrote its special tokens)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def generate_text(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 64,
-                  *, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Answers to chat-rendered prompts (greedy by default), as text."""
+                  *, do_sample: bool = False, temperature: float = 1.0, names: Sequence[str] | None = None) -> list[str]:
+    """Answers to chat-rendered prompts (greedy by default), as text. A prompt that leaves no room for
+    `max_new_tokens` in the context is refused first (TooLong), named by `names` (default: its position)."""
+    for i, prompt in enumerate(prompts):
+        what = names[i] if names is not None else f"prompt {i + 1} of {len(prompts)}"
+        require_fit(model, prompt_tokens(tokenizer, prompt), max_new_tokens, what)
     config = RolloutConfig(max_new_tokens=max_new_tokens, temperature=temperature)
     return rollout(model, tokenizer, prompts, config, do_sample=do_sample).texts(tokenizer)
 
@@ -69,6 +93,8 @@ def stream_chat(model, tokenizer: PreTrainedTokenizerBase, message: str | Sequen
     discourages tokens already in the context (1 = off). Generation ends at an end token, after
     `max_new_tokens`, or at the first of the `stop` strings, which is left out of the answer.
     Generation runs in a thread; closing the iterator early stops it after the current token.
+    A conversation that leaves no room for `max_new_tokens` in the context raises TooLong at the first
+    `next()`, before anything is generated.
     """
     if temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0 or max_new_tokens < 1:
         raise ValueError("temperature must be >= 0, top_p in (0, 1], repetition_penalty > 0 and max_new_tokens >= 1; "
@@ -77,6 +103,8 @@ def stream_chat(model, tokenizer: PreTrainedTokenizerBase, message: str | Sequen
     device = next(model.parameters()).device
     inputs = tokenizer(render(tokenizer, conversation(message, system)), return_tensors="pt",
                        add_special_tokens=False).to(device)
+    require_fit(model, inputs["input_ids"].shape[1], max_new_tokens,
+                "the message" if isinstance(message, str) else "the conversation")
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancelled = threading.Event()
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else \

@@ -412,3 +412,19 @@ def test_gguf_export_zip_holds_the_file_and_the_modelfile(tiny_model_dir, tmp_pa
     assert sorted(archive.namelist()) == ["gguf/Modelfile", "gguf/model-q8_0.gguf"]
     assert archive.read("gguf/Modelfile").decode().startswith("FROM ./model-q8_0.gguf\nTEMPLATE")
     assert archive.read("gguf/model-q8_0.gguf")[:4] == b"GGUF"
+
+
+def test_chat_and_compare_refuse_a_message_over_the_context_at_once(tiny_llama_dir):
+    from sdft_kit.generation import TooLong
+
+    model, long = str(tiny_llama_dir), "word " * 40_000  # 200k characters; the tiny model's context is 512 tokens
+    start = time.perf_counter()
+    with pytest.raises(TooLong, match=r"^the conversation is \d{5} tokens; with 96 for the answer that is more than "
+                                      r"the model's context of 512 tokens"):
+        next(logic.chat_answer([{"role": "user", "content": long}], model=model))
+    with pytest.raises(TooLong, match=r"^the prompt is \d{5} tokens; with 64 for the answer"):
+        logic.compare_answers(long, "", model=model)
+    with pytest.raises(TooLong, match=r"^the prompt with the demonstration is \d{5} tokens"):
+        logic.compare_answers("Hi?", long, model=model)
+    assert time.perf_counter() - start < 60  # tokenizing, not generating (which ran out of memory or time before)
+    assert next(logic.chat_answer([{"role": "user", "content": "Hi?"}], model=model, max_new_tokens=4)) is not None

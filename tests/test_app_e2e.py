@@ -237,6 +237,33 @@ def test_api_takes_integers_and_refuses_models_and_settings_beyond_the_limits(ap
     assert len(sorted(runs.iterdir())) == len(before) + 1  # only the run that trained
 
 
+def test_one_sessions_long_answer_does_not_hold_up_another_sessions_chat(app):
+    demo, url, runs, _ = app
+    ann, bob = gradio_client.Client(url, verbose=False), gradio_client.Client(url, verbose=False)
+
+    def chat(message: str, new_tokens: int) -> list:  # the base model, greedy, no stop string
+        return [[], message, "base", "", "", "embedded", "paper", "", new_tokens, 0, 1, 1.0, ""]
+
+    long = ann.submit(*chat("Count from 1 to 1000, separated by commas.", 512), api_name="/chat")
+    deadline = time.monotonic() + 300
+    while len(long.outputs()) < 3:  # Ann's answer is streaming
+        assert time.monotonic() < deadline and not long.done(), long.outputs()[-1:]
+        time.sleep(0.2)
+    start = time.monotonic()
+    history, _, note = bob.predict(*chat("What is 7 plus 5?", 8), api_name="/chat")
+    waited = time.monotonic() - start
+    assert note == "" and history[-1]["role"] == "assistant" and history[-1]["content"], (history, note)
+    answered = long.outputs()[-1][0][-1]["content"][0]["text"]
+    # gradio's default (one chat at a time) made Bob wait for the whole of Ann's 512 tokens
+    assert not long.done(), f"Ann's answer ended ({len(answered)} characters) before Bob's; Bob waited {waited:.1f} s"
+    # A message over the context is refused at once, in one line, without holding anyone up either.
+    start = time.monotonic()
+    history, _, note = bob.predict(*chat("word " * 40_000, 8), api_name="/chat")
+    assert "tokens; with 8 for the answer that is more than the model's context of 8192 tokens" in note, note
+    assert time.monotonic() - start < 60 and not long.done()
+    long.cancel()
+
+
 def test_a_login_is_asked_for_when_logins_are_given(tmp_path):
     module = _load_app()
     demo = module.build(str(tmp_path / "runs"), threads=1)

@@ -390,3 +390,19 @@ def test_advice_becomes_settings_that_one_click_applies():
 
     config = Config().replace(**advised_settings(figures(echo_rate=0.5, copy_rate=0.6)))  # valid config fields
     assert (config.teacher.template, config.teacher.demo_selection) == ("plain", "retrieval")
+
+
+def test_cli_check_teacher_refuses_a_record_over_the_context_before_any_model_call(tmp_path, tiny_llama_dir, capsys):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi?", "demonstration": "Hello."}) + "\n"
+                    + json.dumps({"prompt": "word " * 40_000, "demonstration": "Fine."}) + "\n")  # 200k characters
+    assert main(["check-teacher", "--data", str(data), "--model", str(tiny_llama_dir), "--n", "2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    assert re.fullmatch(r"error: .*long\.jsonl:2: the student prompt is \d{5} tokens; with 48 for the answer that is "
+                        r"more than the model's context of 512 tokens\. Shorten it", errors[0]), errors
+    long_demo = tmp_path / "long_demo.jsonl"  # the demonstration is scored after the student prompt: it counts too
+    long_demo.write_text(json.dumps({"prompt": "Hi?", "demonstration": "word " * 600}) + "\n")
+    assert main(["check-teacher", "--data", str(long_demo), "--model", str(tiny_llama_dir)]) == 2
+    assert re.search(r"long_demo\.jsonl:1: the student prompt is \d+ tokens; with 6\d\d for the answer",
+                     capsys.readouterr().err)

@@ -9,7 +9,7 @@ import pytest
 from safetensors import SafetensorError
 
 from sdft_kit import Config
-from sdft_kit.checkpoint import RunDir, complete_step, disk_error, mark_run, newest_checkpoint, recover
+from sdft_kit.checkpoint import COMPLETE, RunDir, complete_step, disk_error, mark_run, newest_checkpoint, recover
 from sdft_kit.records import append_record, read_metrics
 
 DATA = {"sha256": "a" * 64, "examples": 3, "source": "demo.jsonl"}
@@ -46,7 +46,9 @@ def test_recover_takes_the_newest_complete_checkpoint_and_puts_it_in_place(tmp_p
     (run / "checkpoint").rename(run / "checkpoint.old")
     (run / "checkpoint.tmp").rename(run / "checkpoint")  # checkpoint/ exists but is not complete
     assert complete_step(run / "checkpoint") is None
-    assert recover(run) == run / "checkpoint" and complete_step(run / "checkpoint") == 2  # .old moved back
+    with pytest.warns(UserWarning, match="complete.json is missing: the newest checkpoint is damaged; resuming from "
+                                         "the previous complete one, of step 2"):
+        assert recover(run) == run / "checkpoint" and complete_step(run / "checkpoint") == 2  # .old moved back
     (run / "checkpoint" / "state.pt").write_bytes(b"cut")
     assert complete_step(run / "checkpoint") is None  # sizes are sealed: truncation is seen
 
@@ -140,7 +142,10 @@ def test_a_run_with_no_completed_step_can_start_over_one_with_steps_cannot(tmp_p
         RunDir.open(run, CONFIG, DATA, resume=False)
     resumed = RunDir.open(run, CONFIG.replace(steps=9), DATA, resume=True)  # no checkpoint: from step 0
     assert resumed.checkpoint is None
-    resumed.trim_metrics(0)
+    with pytest.warns(UserWarning, match=r"the records of step 1 were logged after the newest checkpoint; training "
+                                         r"continues from the start \(there is no checkpoint\), so those steps are "
+                                         "trained again"):
+        resumed.trim_metrics(0)
     assert (run / "metrics.jsonl").read_bytes() == b""
     resumed.release()
     prepared = mark_run(tmp_path / "app-run")  # the app prepares its folders so, with its data file in it
@@ -177,3 +182,82 @@ def test_resume_needs_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         RunDir.open(tmp_path / "nothing", CONFIG, DATA, resume=True)
     assert not (tmp_path / "nothing").exists()
+
+
+def _run_with_checkpoint(tmp_path, step=3, records=None):
+    """A run folder trained to `step`: run.json, config.yaml, the records of steps 1..records, a sealed checkpoint."""
+    run = tmp_path / "run"
+    opened = RunDir.open(run, CONFIG, DATA, resume=False)
+    for n in range(1, (records or step) + 1):
+        opened.append_record({"step": n})
+    opened.release()
+    _write_checkpoint(run, "checkpoint", step)
+    return run
+
+
+def test_a_damaged_only_checkpoint_is_refused_naming_the_file_and_nothing_changes(tmp_path):
+    run = _run_with_checkpoint(tmp_path)
+    state = run / "checkpoint" / "state.pt"
+    state.write_bytes(state.read_bytes()[:50])  # cut in half
+    before = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "config.yaml", "run.json")}
+    with pytest.raises(ValueError) as error:
+        RunDir.open(run, CONFIG.replace(steps=9), DATA, resume=True)
+    message = str(error.value)
+    assert message.startswith(f"{state} is 50 bytes, not the 103 it was written with: the run's only checkpoint "
+                              "is damaged, so --resume cannot continue the run (nothing was changed)")
+    assert "\n" not in message
+    assert {name: (run / name).read_bytes() for name in before} == before  # the records of steps 1-3 are kept
+    assert (run / "checkpoint" / "state.pt").stat().st_size == 50
+    (run / "checkpoint" / COMPLETE).unlink()
+    with pytest.raises(ValueError, match=f"{run / 'checkpoint' / COMPLETE} is missing: the run's only checkpoint"):
+        RunDir.open(run, CONFIG, DATA, resume=True)
+    with pytest.raises(FileExistsError, match="already holds a run"):  # nor is it started over
+        RunDir.open(run, CONFIG, DATA, resume=False)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_a_complete_previous_one_and_says_so(tmp_path):
+    run = _run_with_checkpoint(tmp_path, step=3)
+    (run / "checkpoint").rename(run / "newest")
+    _write_checkpoint(run, "checkpoint.old", 2)  # as a kill during the last swap can leave it
+    (run / "newest").rename(run / "checkpoint")
+    (run / "checkpoint" / "state.pt").write_bytes(b"cut")
+    with pytest.warns(UserWarning, match=r"state.pt is 3 bytes, not the 103 it was written with: the newest "
+                                         r"checkpoint is damaged; resuming from the previous complete one, of step 2"):
+        opened = RunDir.open(run, CONFIG, DATA, resume=True)
+    assert opened.checkpoint == run / "checkpoint" and complete_step(run / "checkpoint") == 2
+    with pytest.warns(UserWarning, match=r"the records of step 3 were logged after the newest checkpoint; training "
+                                         r"continues from the checkpoint of step 2"):
+        opened.trim_metrics(2)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")[0]] == [1, 2]
+    opened.release()
+
+
+def test_resume_refuses_a_folder_that_only_holds_a_config_yaml_and_leaves_it_untouched(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    own = "# my own notes\ntrain:\n  steps: 5\n"
+    (mine / "config.yaml").write_text(own)
+    with pytest.raises(FileNotFoundError, match=r"mine is not an sdft-kit run \(it has no run.json\), so there is "
+                                                r"nothing to resume \(nothing was written\)"):
+        RunDir.open(mine, CONFIG, DATA, resume=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"] and (mine / "config.yaml").read_text() == own
+
+
+def test_resume_refuses_fewer_steps_than_trained_and_changes_nothing(tmp_path):
+    run = _run_with_checkpoint(tmp_path, step=5)
+    config_before = (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"--steps 2 is fewer than the 5 steps this run has already trained; a run "
+                                         r"cannot be shortened \(nothing was changed\)\. Pass --steps 6 or more"):
+        RunDir.open(run, CONFIG.replace(steps=2), DATA, resume=True)
+    assert (run / "config.yaml").read_text() == config_before
+    RunDir.open(run, CONFIG.replace(steps=5), DATA, resume=True).release()  # as many as trained: allowed
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EACCES, "permission denied"),
+                                          (errno.EROFS, "the file system is read-only")])
+def test_a_folder_that_cannot_be_written_is_named_as_such_not_as_a_full_disk(tmp_path, code, reason):
+    path = tmp_path / "run" / "checkpoint.tmp"
+    (tmp_path / "run").mkdir()
+    message = str(disk_error(path, OSError(code, os.strerror(code))))
+    assert message == (f"could not write {path}: {reason}; make {tmp_path / 'run'} writable (then continue the run "
+                       "with --resume), or choose another --out")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sdft_kit.generation import chat, cut_at_stop, settled, stream_chat
+from sdft_kit.generation import TooLong, chat, cut_at_stop, generate_text, settled, stream_chat
 
 QUESTION = "Name three countries in Central America."
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # generate slows down many times with two threads on two busy cores
@@ -75,3 +75,48 @@ def test_generate_needs_a_prompt_or_chat(capsys):
 
     assert main(["generate"]) == 2
     assert "give --prompt TEXT, or --chat to talk in turns" in capsys.readouterr().err
+
+
+# -- input longer than the context: refused in one line before anything is generated -----------------
+LONG = "word " * 40_000  # 200k characters, about 40k tokens: over the tiny model's 512 and the embedded one's 8,192
+
+
+@pytest.fixture
+def tiny_model(tiny_llama_dir):
+    from sdft_kit.config import ModelConfig
+    from sdft_kit.models import load_model
+
+    return load_model(str(tiny_llama_dir), ModelConfig(model=str(tiny_llama_dir)))
+
+
+def test_a_prompt_over_the_context_is_refused_before_generating(tiny_model):
+    model, tokenizer = tiny_model
+    with pytest.raises(TooLong, match=r"^the message is \d{5} tokens; with 8 for the answer that is more than the "
+                                      r"model's context of 512 tokens\. Shorten it$"):
+        next(stream_chat(model, tokenizer, LONG, 8))
+    turns = [{"role": "user", "content": "word " * 450}]  # fits alone, not with 100 new tokens
+    with pytest.raises(TooLong, match=r"^the conversation is 4\d\d tokens; with 100 for the answer that is more than "
+                                      r"the model's context of 512 tokens\. Shorten it, or ask for fewer new tokens$"):
+        chat(model, tokenizer, turns, 100)
+    with pytest.raises(TooLong, match=r"^prompt 2 of 2 is \d{5} tokens"):
+        generate_text(model, tokenizer, ["Hi?", LONG], 8)
+    with pytest.raises(TooLong, match=r"^the teacher's prompt is \d{5} tokens"):
+        generate_text(model, tokenizer, [LONG], 8, names=["the teacher's prompt"])
+    assert isinstance(chat(model, tokenizer, turns, 8), str)  # with room for 8 tokens it is answered
+
+
+def test_generate_refuses_a_prompt_over_the_context_and_chat_goes_on_after_one(tiny_llama_dir, capsys, monkeypatch):
+    from sdft_kit.cli import main
+
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompt", LONG[:40_000], "--max-new-tokens", "4"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: the message is 8"), errors
+    assert errors[0].endswith("more than the model's context of 512 tokens. Shorten it")
+    lines = iter([LONG, "Hi?", ""])  # a line over the context, then one that fits, then an empty line to end
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["generate", "--chat", "--model", str(tiny_llama_dir), "--max-new-tokens", "4"]) == 0
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: the conversation is "), err
+    assert errors[0].endswith("(this message was left out; /reset starts over)") and "Traceback" not in err
+    assert out.count("model> ") == 1  # the short message was answered

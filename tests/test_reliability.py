@@ -8,6 +8,7 @@ model (see conftest.tiny_llama_dir): what is tested is the run machinery, not le
 
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -134,6 +135,14 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, tiny_llama_di
         capsys, "train", "--data", DATA, "--out", mine, "--model", tiny_llama_dir, *SMALL)
     assert [p.name for p in mine.iterdir()] == ["config.yaml"]
     assert (mine / "config.yaml").read_text() == "my: own settings\n"
+    # --resume too, even when the config.yaml is a valid sdft-kit config (no flag changes it)
+    own = (f"# my settings, kept here\nmodel:\n  model: {tiny_llama_dir}\ntrain:\n  method: sft\n  steps: 1\n"
+           "  threads: 1\n")
+    (mine / "config.yaml").write_text(own)
+    assert _main_error(capsys, "train", "--data", DATA, "--out", mine, "--resume") == (f"error: {mine} is not an sdft-kit run (it has no run.json), so there is nothing "
+                                   "to resume (nothing was written); pass the folder of a run, or start a new run in "
+                                   "a new or empty --out")
+    assert [p.name for p in mine.iterdir()] == ["config.yaml"] and (mine / "config.yaml").read_text() == own
 
 
 def _unshare_works():
@@ -182,7 +191,10 @@ def test_config_errors_are_one_line(tmp_path, capsys):
         f"error: {bad}, line 3, column 2: not valid YAML")
     typo = tmp_path / "typo.yaml"
     typo.write_text("train:\n  steps: two\n")
+    section = tmp_path / "section.yaml"
+    section.write_text("train: 5\n")
     for args, expected in ((["--config", typo], f"error: {typo}: steps must be a whole number; got 'two'"),
+                           (["--config", section], f"error: {section}: section 'train' must be a mapping of fields"),
                            (["--lora-alpha", "-5"], "error: lora_alpha must be >= 1; got -5"),
                            (["--learning-rate", "inf"], "error: learning_rate must be a finite number; got inf (set "
                                                         "it with --learning-rate"),
@@ -201,6 +213,19 @@ def test_a_prompt_longer_than_the_context_is_refused_before_training(tmp_path, t
                  "Shorten or remove this record"):
         assert part in error, error
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_demonstration_too_long_for_the_teacher_check_skips_the_check_not_the_run(tmp_path, tiny_llama_dir, capsys):
+    data = tmp_path / "long_demo.jsonl"  # the teacher prompt holds the demonstration: ~330 tokens, with room for 8
+    data.write_text(json.dumps({"prompt": "Hi?", "demonstration": "Hello."}) + "\n"
+                    + json.dumps({"prompt": "Count.", "demonstration": "word " * 300}) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--model", str(tiny_llama_dir), "--steps", "1",
+                 "--max-new-tokens", "8", "--batch-size", "2", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: the teacher check was skipped: \S*long_demo\.jsonl:2: the teacher prompt \(\w+\) is "
+                     r"\d+ tokens; with 30\d for the answer that is more than the model's context of 512 tokens", err), err
+    assert _steps(run) == [1] and not (run / "teacher_check.json").exists()
 
 
 @pytest.fixture
@@ -277,7 +302,48 @@ def test_killed_before_the_first_checkpoint_is_no_dead_end(tmp_path, tiny_llama_
     assert newest_checkpoint(tmp_path / "run") is None and _steps(tmp_path / "run") == [1, 2]
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         Trainer(config, load_examples(DATA), tmp_path / "run")
-    resumed = Trainer(config, load_examples(DATA), tmp_path / "run", resume=True)
+    with pytest.warns(UserWarning, match=r"the records of steps 1-2 were logged after the newest checkpoint; training "
+                                         r"continues from the start \(there is no checkpoint\)"):  # said, not silent
+        resumed = Trainer(config, load_examples(DATA), tmp_path / "run", resume=True)
     assert resumed.step == 0 and _steps(tmp_path / "run") == []  # starts over; the logged steps are redone
     assert [r["step"] for r in resumed.train(progress=False)] == [1, 2, 3]
     assert complete_step(tmp_path / "run" / "checkpoint") == 3
+
+
+# -- resuming a run that cannot go on as asked (in-process) --------------------------------------
+def test_resume_refuses_fewer_steps_and_a_damaged_only_checkpoint_keeping_every_record(tmp_path, tiny_llama_dir, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", DATA, "--out", str(run), "--model", str(tiny_llama_dir), "--steps", "3",
+                 "--method", "sft", *SMALL]) == 0
+    kept = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "config.yaml", "adapter/README.md")}
+    assert _main_error(capsys, "train", "--data", DATA, "--out", run, "--resume", "--steps", 2) == (
+        f"error: {run}: --steps 2 is fewer than the 3 steps this run has already trained; a run cannot be shortened "
+        "(nothing was changed). Pass --steps 4 or more to train on, or use the run as it is")
+    # state.pt cut in half: no complete checkpoint is left to resume from
+    state = run / "checkpoint" / "state.pt"
+    size = state.stat().st_size
+    state.write_bytes(state.read_bytes()[:size // 2])
+    assert _main_error(capsys, "train", "--data", DATA, "--out", run, "--resume", "--steps", 5) == (
+        f"error: {state} is {size // 2} bytes, not the {size} it was written with: the run's only checkpoint is "
+        "damaged, so --resume cannot continue the run (nothing was changed). Put back an intact copy of that folder, "
+        "or start a new run in another --out")
+    assert {name: (run / name).read_bytes() for name in kept} == kept  # the records of steps 1-3 are all there
+    assert _steps(run) == [1, 2, 3]
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -Urm` and bind mounts (user namespaces)")
+def test_a_read_only_run_folder_says_so_in_one_line(tmp_path, tiny_llama_dir):
+    run = tmp_path / "run"
+    assert main(["train", "--data", DATA, "--out", str(run), "--model", str(tiny_llama_dir), "--steps", "1",
+                 "--method", "sft", *SMALL]) == 0
+    before = (run / "metrics.jsonl").read_bytes()
+    # The run's folder mounted read-only over itself, in a private mount namespace, then resumed there.
+    script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} || exit 99\n"
+              f"{sys.executable} -m sdft_kit.cli train --data {DATA} --out {run} --resume --steps 2\n")
+    resumed = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 2, resumed.stderr
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: could not write {run / '.lock'}: the file system is read-only; make {run} writable "
+                      "(then continue the run with --resume), or choose another --out"], resumed.stderr
+    assert "Traceback" not in resumed.stderr and "free some space" not in resumed.stderr
+    assert (run / "metrics.jsonl").read_bytes() == before
