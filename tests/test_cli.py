@@ -96,3 +96,10 @@ def test_the_package_still_exports_every_name_lazily():
     # no exported name is also a submodule's: importing the submodule would rebind the package's attribute
     modules = {path.stem for path in Path(sdft_kit.__file__).parent.glob("*.py")}
     assert not modules & set(sdft_kit.__all__), modules & set(sdft_kit.__all__)
+
+
+def test_push_is_private_unless_public_is_asked_for():
+    """As the app's push: a new repo is private by default; --public makes it public."""
+    args = make_parser().parse_args(["push", "--adapter", "runs/x/adapter", "--repo", "me/x"])
+    assert args.private is True
+    assert make_parser().parse_args(["push", "--adapter", "a", "--repo", "me/x", "--public"]).private is False
