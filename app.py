@@ -50,7 +50,7 @@ CSS = """
 .preview .card {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px;
                 margin-bottom: 10px; color: var(--body-text-color); background: var(--block-background-fill)}
 .preview .cols {display: grid; grid-template-columns: 1fr 1fr; gap: 12px}
-.preview .meta {color: var(--body-text-color-subdued); font-size: 13px}
+.preview .meta {color: var(--body-text-color); font-size: 13px; font-style: italic}
 .error {color: var(--error-text-color); font-weight: 600}
 """
 # A click on a token of the strip writes its index into a hidden box, whose input event redraws the views.
@@ -172,7 +172,11 @@ class Page:
             config = self.config(preset_name, values)
         except ValueError as err:
             return f"# {err}"
-        return logic.cli_command(config, data=data_name, preset_name=preset_name)
+        command = logic.cli_command(config, data=data_name, preset_name=preset_name)
+        percent = self.named(values)["held_out"]
+        return command + (f"\n# Start keeps {percent}% of the records (of 10 or more) out of training for the Evaluate "
+                          "tab:\n# to train on exactly the run's records, use --data runs/<run>/data.jsonl"
+                          if percent else "")
 
     def run_choices(self, request: gr.Request, selected=None, multiselect: bool = False):
         names = self.trainings.run_names(self.owner(request))

@@ -20,7 +20,6 @@ the Data tab's logic in `app_data.py`, and what a shared server allows (logins, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import shlex
 import tempfile
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import PRESETS, TEMPLATES, Config, fields_by_section, flag, preset
-from .data import Example, load_examples
+from .data import Example
 from .demos import student_prompt, teacher_messages, teacher_prompt
 from .export import adapter_dir
 
@@ -80,8 +79,8 @@ APP_OWN = {
 }
 APP_DEFAULTS = {"custom_template": "", "held_out": 15}
 # The presets (config.PRESETS) as the Preset menu names them; the page starts from `start_preset`.
-PRESET_TITLES = {"default": "default: measured on the bundled sample (docs/instruments.md)",
-                 "workshop": "workshop: the default, short enough for a CPU", "paper": "paper: the paper's method"}
+PRESET_TITLES = {"default": "default: the measured settings", "workshop": "workshop: fast on a CPU",
+                 "paper": "paper: the paper's method"}
 MIN_HELD_OUT_RECORDS = 10
 
 

@@ -313,7 +313,7 @@ class Trainings:
         if job is None:
             return Status("idle", 0, 0, "no training yet", None)
         now = time.time()
-        check = (check_text(job.check) + (f" {job.check_note}" if job.check_note else "")) if job.check else ""
+        check = (check_text(job.check) + (f"\n\n{job.check_note}" if job.check_note else "")) if job.check else ""
         head = f"step {job.step}/{job.steps}"
         if job.state == "waiting":
             ahead = ", ".join(j.progress_text(now) for j in self.running)
@@ -444,9 +444,13 @@ class Trainings:
 def _check_key(config: Config, examples: list[Example], templates: Sequence[str]) -> str:
     """What the teacher check's result depends on: the model, the data, the templates and the check's
     settings (check.quick_check)."""
-    parts = [config.to_dict()["model"], list(templates), config.teacher.template, config.train.seed,
-             min(32, config.rollout.max_new_tokens), config.loss.skip_first,
-             [[list(ex.messages), ex.demonstration] for ex in examples]]
+    from .check import template_label
+
+    own = config.teacher.template if template_label(config.teacher.template) == "custom" else \
+        template_label(config.teacher.template)
+    compared = list(dict.fromkeys([*templates, own]))  # as quick_check compares them
+    parts = [config.to_dict()["model"], compared, config.train.seed, min(32, config.rollout.max_new_tokens),
+             config.loss.skip_first, [[list(ex.messages), ex.demonstration] for ex in examples]]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

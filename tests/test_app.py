@@ -16,7 +16,7 @@ from sdft_kit.app_safety import (COOKIE, EXPORT_PREFIX, BrowserCookie, Limits, c
                                  make_export_dir, read_logins, remove_stale_exports)
 from sdft_kit.cli import build_config, make_parser
 from sdft_kit.config import PAPER_TEMPLATE, PLAIN_TEMPLATE, Config, fields_by_section, preset
-from sdft_kit.data import SAMPLES_DIR, DataError, load_examples
+from sdft_kit.data import SAMPLES_DIR, DataError
 
 SAMPLE = SAMPLES_DIR / "demo.jsonl"
 TINY = dict(steps=2, batch_size=2, max_new_tokens=8, threads=1, teacher="base", report_to="none")
