@@ -87,6 +87,7 @@ def evaluate_run(run_dir: str | Path, progress: Progress | None = None) -> dict:
     report = progress or (lambda fraction, phase: None)
     run_dir = Path(run_dir)
     config = Config.load(run_dir / "config.yaml")
+    adapter = adapter_dir(run_dir)  # a run with no step yet says so before any model loads
     kind, items, measure = _new_task(run_dir, _note(run_dir))
     probe = load_task(PROBE).eval[:PROBE_LIMIT]
     max_new_tokens = min(config.rollout.max_new_tokens, MAX_ANSWER_TOKENS)
@@ -101,7 +102,7 @@ def evaluate_run(run_dir: str | Path, progress: Progress | None = None) -> dict:
             report(0.2, "scoring the base model")
             _base_scores[key] = _scores(base, tokenizer, kind, items, probe, max_new_tokens)
         report(0.6, "scoring the trained adapter")
-        trained = PeftModel.from_pretrained(base, adapter_dir(run_dir))
+        trained = PeftModel.from_pretrained(base, adapter)
         trained.eval()
         scores = _scores(trained, tokenizer, kind, items, probe, max_new_tokens)
     result = {"run": run_dir.name, "base": _base_scores[key], "trained": scores, "new_task_measure": measure,

@@ -34,6 +34,7 @@ from .tracking import resolve_report_to
 APP_RUN = "app_run.json"  # the app's note in a run folder: owner, created, held-out records, tracker project
 HELD_OUT = "heldout.jsonl"  # records kept out of training, for the Evaluate tab's new-task score
 ACTIVE = ("waiting", "loading", "checking", "training", "stopping")
+MAX_CHECKS = 64  # teacher checks kept for reuse (each a few KB)
 
 
 class BusyError(RuntimeError):
@@ -426,6 +427,8 @@ class Trainings:
                                 tracker_project=tracker_project(job.owner))
                 if outcome.check is not None:
                     self._checks[key] = (outcome.check, job.name)
+                    while len(self._checks) > MAX_CHECKS:  # the oldest go first
+                        self._checks.pop(next(iter(self._checks)))
             finally:
                 trainer.close()
             job.state = "stopped" if outcome.stopped else "done"
