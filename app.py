@@ -4,15 +4,18 @@
     python app.py --host 0.0.0.0 --auth ann:s3cret    # reachable from the network, with a login
     python app.py --share --auth-file logins.txt      # a public gradio.live link, logins from a file
     python app.py --allow-model Qwen/Qwen3-4B         # offer a model besides the embedded one
+    python app.py --concurrency 2 --max-waiting 12    # two trainings at once, twelve more may wait
 
 Serving beyond this machine without a login (gradio's auth) is refused unless --no-auth is given.
-Each browser session has its own runs (gradio session state): it sees, stops, resumes, compares,
-chats with and exports only the runs it started; one training runs at a time on the server.
+Runs belong to the login, or without logins to the browser (a cookie): a reload finds the live run
+and the finished ones again. Everybody sees what the server trains now and who waits (as positions);
+Start queues a run while every training slot is busy; its owner stops it, or cancels it while it waits.
 
-The page is a thin front end over sdft_kit.app_data (the Data tab), sdft_kit.app_logic (the
-settings, the training worker, export, compare, chat), sdft_kit.app_safety (logins, allowed
-models, limits) and sdft_kit.views (the figures); training runs in a background thread that
-writes the run directory, and the page polls it once a second.
+The page is a thin front end over sdft_kit.app_data (the Data tab), sdft_kit.app_logic (the settings,
+generated from the config fields; export, compare, chat), sdft_kit.app_runs (the trainings: owners, the
+queue), sdft_kit.app_evaluate (the Evaluate tab), sdft_kit.app_safety (logins, the browser cookie,
+allowed models, limits) and sdft_kit.views (the figures). Training runs in background threads that write
+the run directories, and the page polls once a second.
 """
 
 from __future__ import annotations
@@ -27,26 +30,30 @@ from types import SimpleNamespace
 
 import gradio as gr
 import torch
+from starlette.middleware import Middleware
 
-from sdft_kit import app_data
+from sdft_kit import app_data, app_evaluate, app_runs, views
 from sdft_kit import app_logic as logic
-from sdft_kit import views
-from sdft_kit.app_safety import Limits, check_exposure, make_export_dir, read_logins
-from sdft_kit.config import DEMO_SELECTIONS, METHODS, REPORT_TO, TEACHER_KINDS, VOCABS, Config
+from sdft_kit.app_safety import COOKIE, BrowserCookie, Limits, check_exposure, make_export_dir, read_logins
+from sdft_kit.config import Config, preset
 from sdft_kit.models import set_threads
 
 CUDA = torch.cuda.is_available()
 CHATS_AT_ONCE = 4  # chat answers generated side by side, over all sessions (each slows the others a little)
 DEFAULT_DATA = {"data": "demos.jsonl"}  # the command's --data before any data is loaded
+# Colours come from gradio's theme variables, so the page reads in light and dark mode alike.
 CSS = """
 .gradio-container {max-width: 1280px !important}
-#status {font-size: 1.05rem; padding: 8px 12px; border-radius: 8px; background: #f0f4fa}
-.preview pre {white-space: pre-wrap; font-size: 12.5px; margin: 4px 0; padding: 8px; background: #f7f7f9;
-              border-radius: 6px; max-height: 220px; overflow: auto}
-.preview .card {border: 1px solid #e3e6ea; border-radius: 8px; padding: 8px 12px; margin-bottom: 10px}
+#status, #board {font-size: 1.05rem; padding: 8px 12px; border-radius: 8px; color: var(--body-text-color);
+                 background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary)}
+.preview pre {white-space: pre-wrap; font-size: 12.5px; margin: 4px 0; padding: 8px; border-radius: 6px;
+              color: var(--body-text-color); background: var(--background-fill-secondary); max-height: 220px;
+              overflow: auto}
+.preview .card {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px;
+                margin-bottom: 10px; color: var(--body-text-color); background: var(--block-background-fill)}
 .preview .cols {display: grid; grid-template-columns: 1fr 1fr; gap: 12px}
-.preview .meta {color: #555; font-size: 13px}
-.error {color: #b2182b; font-weight: 600}
+.preview .meta {color: var(--body-text-color); font-size: 13px; font-style: italic}
+.error {color: var(--error-text-color); font-weight: 600}
 """
 # A click on a token of the strip writes its index into a hidden box, whose input event redraws the views.
 # (gr.Plot has no click event; plotly's own plotly_click is attached again whenever the plot is redrawn.)
@@ -68,6 +75,7 @@ JS = """
 # Gradio 6 takes the page's style and script in launch(), Gradio 5 in Blocks().
 GRADIO_5 = gr.__version__.startswith("5.")
 STYLE = {"css": CSS, "theme": gr.themes.Soft(), "js": JS}
+FINAL = ("stopped", "done", "failed", "cancelled")
 
 
 def _error(message: str) -> str:
@@ -97,181 +105,185 @@ def plain_messages(history: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": text(m["content"])} for m in history or []]
 
 
-class Page:
-    """What the tabs share: the session's worker (gradio state), the limits, and the Train tab's settings.
+def component(setting: logic.Setting, value) -> gr.components.Component:
+    """A setting's component, from its kind: choices as a radio (a few short ones) or a menu, a switch as a
+    checkbox, numbers within their bounds, text as a box. Unrendered: the Train tab places it."""
+    common = dict(label=setting.label, info=setting.info, value=value, visible=setting.visible,
+                  interactive=setting.enabled, render=False, elem_id=f"setting-{setting.name}")
+    if setting.kind == "choice":
+        few = len(setting.choices) <= 3 and all(len(str(choice)) <= 10 for choice in setting.choices)
+        return (gr.Radio if few else gr.Dropdown)(list(setting.choices), **common)
+    if setting.kind == "switch":
+        return gr.Checkbox(**common)
+    if setting.kind == "text":
+        return gr.Textbox(lines=2, **common)
+    return gr.Number(precision=0 if setting.kind == "integer" else None, minimum=setting.minimum,
+                     maximum=setting.maximum, **common)
 
-    `settings` maps each training setting's name (a keyword of `logic.make_config`) to its
-    component, in the order the HTTP API lists them; handlers get the values back by name.
+
+class Page:
+    """What the tabs share: the server's trainings, the limits, the Train tab's settings and the data.
+
+    `settings` maps each setting's name (a config field, or one of app_logic.APP_OWN) to its component,
+    generated from app_logic.settings_table; the API lists the preset, then the settings in that order.
     """
 
-    def __init__(self, runs_dir: str, limits: Limits, threads: int):
-        self.runs_dir, self.limits, self.threads = runs_dir, limits, threads
+    def __init__(self, runs_dir: str, limits: Limits, threads: int, concurrency: int = 1, max_waiting: int = 8):
+        self.limits, self.threads = limits, threads
+        self.trainings = app_runs.Trainings(runs_dir, concurrency, max_waiting)
         self.export_dir = make_export_dir()  # a folder of ours that gradio may serve; removed at exit
         atexit.register(shutil.rmtree, self.export_dir, True)
-        def new_session() -> logic.TrainingWorker:
-            return logic.TrainingWorker(runs_dir)
-
-        # Each browser session gets its own worker: its runs, its training, its status.
-        self.worker = gr.State(new_session)
-        self.settings = make_settings(limits, threads)
+        self.table = logic.settings_table(limits.models, limits.max_steps, limits.max_batch_size,
+                                          limits.max_new_tokens, CUDA, os.cpu_count() or 1)
+        self.start_preset = logic.start_preset(CUDA)
+        values = {**logic.APP_DEFAULTS, **self.preset_values(self.start_preset)}
+        self.preset = gr.Dropdown(logic.preset_choices(), value=self.start_preset, label="Preset", render=False,
+                                  info="named settings; every field below can still be changed", elem_id="preset")
+        self.settings = {name: component(setting, values[name]) for name, setting in self.table.items()}
         self.examples = gr.State([])
         self.data_name = gr.State(DEFAULT_DATA)  # what the command's --data (and --columns) name
+        self.task = gr.State(None)  # the bundled task the data came from (Evaluate scores its eval split)
+
+    @property
+    def inputs(self) -> list:
+        return [self.preset, *self.settings.values()]
+
+    def preset_values(self, name: str) -> dict:
+        values = logic.setting_values(preset(name), self.table)
+        values["threads"] = values["threads"] or self.threads
+        return values
+
+    def owner(self, request: gr.Request | None) -> str:
+        """Whose runs: the login, else the browser (its cookie), else this page's session."""
+        if request is None:
+            return app_runs.owner_key(None, None)
+        return app_runs.owner_key(request.username, request.cookies.get(COOKIE), request.session_hash)
 
     def named(self, values) -> dict:
         return dict(zip(self.settings, values))
 
-    def config(self, values) -> Config:
-        """The Config of the settings' values (in `settings` order), within the server's limits."""
+    def config(self, preset_name: str, values) -> Config:
+        """The Config of the settings' values (in `settings` order) over the preset, within the server's limits;
+        a setting that cannot take effect here (shown greyed) keeps the preset's value."""
         named = self.named(values)
-        named["load_in_4bit"] = bool(named["load_in_4bit"]) if CUDA else None  # the box is inert without CUDA
         named["model"] = self.limits.check_model(named["model"])
-        return self.limits.check(logic.make_config(**named))
+        return self.limits.check(logic.config_of(preset_name, named, self.table))
 
-    def command(self, data: dict, *values) -> str:
+    def command(self, data: dict, preset_name: str, *values) -> str:
         try:
-            return logic.cli_command(self.config(values), data=data["data"], columns=data.get("columns"))
+            config = self.config(preset_name, values)
         except ValueError as err:
             return f"# {err}"
+        command = logic.cli_command(config, data=data["data"], preset_name=preset_name, columns=data.get("columns"))
+        percent = self.named(values)["held_out"]
+        return command + (f"\n# Start keeps {percent}% of the records (of 10 or more) out of training for the Evaluate "
+                          "tab:\n# to train on exactly the run's records, use --data runs/<run>/data.jsonl"
+                          if percent else "")
 
-    @staticmethod
-    def run_choices(worker: logic.TrainingWorker, selected: str | None = None):
-        names = worker.run_names()
+    def run_choices(self, request: gr.Request, selected=None, multiselect: bool = False):
+        names = self.trainings.run_names(self.owner(request))
+        if multiselect:
+            return gr.update(choices=names, value=[n for n in selected or [] if n in names] or names[:1])
         return gr.update(choices=names, value=selected if selected in names else names[0] if names else None)
 
 
-def make_settings(limits: Limits, threads: int) -> dict[str, gr.components.Component]:
-    """The Train tab's settings, unrendered (the Train tab places them; the other tabs read some)."""
-    return {
-        "model": gr.Dropdown(list(limits.models), value=limits.models[0], label="Model", render=False,
-                             info="the models this server offers ('embedded': SmolLM2-135M, offline)"),
-        "load_in_4bit": gr.Checkbox(CUDA, label="4-bit base (QLoRA)", interactive=CUDA, render=False,
-                                    info="on a CUDA GPU" if CUDA else "needs a CUDA GPU (none here)"),
-        "method": gr.Radio(list(METHODS), value="sdft", label="Method", render=False,
-                           info="SDFT: learn from own answers · SFT: the baseline"),
-        "steps": gr.Number(12, label="Steps", precision=0, minimum=1, maximum=limits.max_steps, elem_id="steps",
-                           render=False),
-        "learning_rate": gr.Number(5e-4, label="Learning rate", minimum=1e-8, maximum=1.0, render=False),
-        "lora_r": gr.Number(16, label="LoRA rank", precision=0, minimum=1, maximum=256, render=False,
-                            info="4-64 is usual"),
-        "max_new_tokens": gr.Slider(8, limits.max_new_tokens, value=48, step=8, label="New tokens per answer",
-                                    render=False),
-        "batch_size": gr.Number(2, label="Batch size", precision=0, minimum=1, maximum=limits.max_batch_size,
-                                render=False),
-        "teacher": gr.Dropdown(list(TEACHER_KINDS), value="ema", label="Teacher kind", render=False,
-                               info="ema (paper): a moving average of the student · base: adapter off · live: "
-                                    "the current student"),
-        "divergence": gr.Dropdown(list(logic.DIVERGENCES), value="forward KL (paper)", label="Divergence",
-                                  info="how the student's per-token distribution is pulled to the teacher's",
-                                  render=False),
-        "vocab": gr.Dropdown(list(VOCABS), value="full", label="Vocabulary", render=False,
-                             info="compared over: the full vocabulary, the teacher's top-k + a tail, or the "
-                                  "sampled token + the rest"),
-        "topk": gr.Number(100, label="k (for top-k)", precision=0, minimum=1, maximum=1000, render=False),
-        "template": gr.Dropdown(list(logic.TEMPLATE_CHOICES), value="paper", label="Teacher template", render=False,
-                                info="how the demonstration is shown: paper's wording, plain (no added words), "
-                                     "system message, or your own text"),
-        "custom_template": gr.Textbox("", label="Custom template", lines=2, render=False,
-                                      placeholder="{prompt}\n\nA good answer: {demonstration}",
-                                      info="used with 'custom': a text with {prompt} and {demonstration}"),
-        "skip_first": gr.Number(3, label="Skip first tokens", precision=0, minimum=0, maximum=64, render=False,
-                                info="answer tokens left out of the loss at the start (paper: 3)"),
-        "demo_selection": gr.Radio(list(DEMO_SELECTIONS), value="own", label="Demonstration shown", render=False,
-                                   info="own: the example's (paper) · retrieval: the most similar other one · "
-                                        "random: another one"),
-        "threads": gr.Number(threads, label="CPU threads", precision=0, minimum=1, maximum=os.cpu_count() or 1,
-                             visible=not CUDA, render=False),
-        "report_to": gr.Dropdown(list(REPORT_TO), value="auto", label="Experiment tracking", render=False,
-                                 info="log each step's scalars and sampled answer: auto = trackio when installed "
-                                      "(local), tensorboard (the run's tensorboard/ folder), wandb, or none"),
-    }
+def data_layout(page: Page) -> SimpleNamespace:
+    """1 · Data: upload or pick a sample; statistics, a paged table, an editor, the examples as the model sees
+    them."""
+    ui = SimpleNamespace()
+    with gr.Tab("1 · Data"):
+        with gr.Row():
+            ui.upload = gr.File(label=f"Upload JSONL, JSON, CSV, TSV or Parquet (prompt + demonstration, OpenAI "
+                                      f"messages, ShareGPT, Alpaca or the SDFT paper's files; up to "
+                                      f"{page.limits.max_upload_mb} MB)", type="binary", elem_id="upload", scale=2)
+            with gr.Column(scale=1):
+                ui.columns_box = gr.Textbox("", label="Columns (optional, before uploading)", elem_id="columns",
+                                            placeholder="prompt=question,demonstration=answer",
+                                            info="your column names, when no format is recognised (--columns)")
+                ui.sample = gr.Dropdown(list(app_data.SAMPLES), value=next(iter(app_data.SAMPLES)),
+                                        label="or a bundled sample")
+                ui.use_sample = gr.Button("Use this sample", elem_id="use-sample")
+        ui.status = gr.HTML(elem_id="data-status")
+        ui.stats = gr.Markdown(elem_id="data-stats")
+        ui.table = gr.Dataframe(headers=["#", "source", "prompt", "demonstration", "prompt tokens",
+                                         "demonstration tokens"], interactive=False, wrap=True, elem_id="data-table",
+                                column_widths=["5%", "10%", "35%", "34%", "8%", "8%"])
+        with gr.Row():
+            ui.previous = gr.Button("◀ Previous", size="sm")
+            ui.page_number = gr.Number(1, label="Page", precision=0, minimum=1, scale=0, min_width=120)
+            ui.pages = gr.Markdown("")
+            ui.following = gr.Button("Next ▶", size="sm")
+        with gr.Accordion("Add or fix a demonstration", open=False):
+            with gr.Row():
+                ui.record = gr.Number(0, label="Record # (0 = a new one)", precision=0, minimum=0, scale=0,
+                                      min_width=160)
+                ui.load_record = gr.Button("Load it", size="sm")
+            ui.edit_prompt = gr.Textbox(label="Prompt", lines=2)
+            ui.edit_demonstration = gr.Textbox(label="Demonstration", lines=3)
+            with gr.Row():
+                ui.save = gr.Button("Save", variant="primary", size="sm")
+                ui.remove = gr.Button("Remove", variant="stop", size="sm")
+        ui.preview_title = gr.Markdown("**As the model sees them** (the first three examples, chat template applied, "
+                                       "the teacher's prompt in the Train tab's template):")
+        ui.preview = gr.HTML(elem_id="preview")
+    return ui
+
+
+def data_views(page: Page, examples: list, preset_name: str, values, number: int = 1) -> tuple:
+    """Status, statistics, the table page, the page number and count, and the preview cards (in the Train tab's
+    template and demonstration choice)."""
+    text = f"✓ <b>{len(examples)} examples</b> loaded."
+    try:
+        config = page.config(preset_name, values)
+        tokenizer = app_data.load_tokenizer(config.model.model)
+    except (ValueError, RuntimeError) as err:
+        return text, "", None, gr.skip(), "", _error(f"no preview: {err}")
+    last = app_data.page_count(examples)
+    number = min(max(int(number or 1), 1), last)
+    return (text, app_data.data_stats(examples, tokenizer), app_data.data_page(examples, tokenizer, number),
+            gr.update(value=number, maximum=last), f"of {last}",
+            preview_html(app_data.preview_rows(examples, tokenizer, config)))
 
 
 def data_tab(page: Page) -> SimpleNamespace:
-    """1 · Data: upload or pick a sample; errors inline; statistics, a paged table, an editor, and the first
-    examples as the model sees them."""
-    with gr.Tab("1 · Data"):
-        with gr.Row():
-            upload = gr.File(label=f"Upload JSONL, JSON, CSV, TSV or Parquet (prompt + demonstration, OpenAI "
-                                   f"messages, ShareGPT, Alpaca or the SDFT paper's files; up to "
-                                   f"{page.limits.max_upload_mb} MB)", type="binary", elem_id="upload", scale=2)
-            with gr.Column(scale=1):
-                columns = gr.Textbox("", label="Columns (optional, before uploading)", elem_id="columns",
-                                     placeholder="prompt=question,demonstration=answer",
-                                     info="your column names, when no format is recognised (--columns)")
-                sample = gr.Dropdown(list(app_data.SAMPLES), value=next(iter(app_data.SAMPLES)),
-                                     label="or a bundled sample")
-                use_sample = gr.Button("Use this sample", elem_id="use-sample")
-        status = gr.HTML(elem_id="data-status")
-        stats = gr.Markdown(elem_id="data-stats")
-        table = gr.Dataframe(headers=["#", "source", "prompt", "demonstration", "prompt tokens",
-                                      "demonstration tokens"], interactive=False, wrap=True, elem_id="data-table",
-                             column_widths=["5%", "10%", "35%", "34%", "8%", "8%"])
-        with gr.Row():
-            previous = gr.Button("◀ Previous", size="sm")
-            page_number = gr.Number(1, label="Page", precision=0, minimum=1, scale=0, min_width=120)
-            pages = gr.Markdown("")
-            following = gr.Button("Next ▶", size="sm")
-        with gr.Accordion("Add or fix a demonstration", open=False):
-            with gr.Row():
-                record = gr.Number(0, label="Record # (0 = a new one)", precision=0, minimum=0, scale=0, min_width=160)
-                load_record = gr.Button("Load it", size="sm")
-            edit_prompt = gr.Textbox(label="Prompt", lines=2)
-            edit_demonstration = gr.Textbox(label="Demonstration", lines=3)
-            with gr.Row():
-                save = gr.Button("Save", variant="primary", size="sm")
-                remove = gr.Button("Remove", variant="stop", size="sm")
-        gr.Markdown("**As the model sees them** (the first three examples, chat template applied):")
-        preview = gr.HTML()
+    """The Data tab's events: load (upload or sample), page, edit; the preview follows the template."""
+    ui = data_layout(page)
 
-    model = page.settings["model"]
-
-    def views_of(examples: list, model_name: str, number: int = 1):
-        """Status, statistics, the table page, the page number and count, and the preview cards."""
-        text = f"✓ <b>{len(examples)} examples</b> loaded."
-        try:
-            tokenizer = app_data.load_tokenizer(page.limits.check_model(model_name))
-        except (ValueError, RuntimeError) as err:
-            return text, "", None, gr.skip(), "", _error(f"no preview: {err}")
-        last = app_data.page_count(examples)
-        number = min(max(int(number or 1), 1), last)
-        return (text, app_data.data_stats(examples, tokenizer), app_data.data_page(examples, tokenizer, number),
-                gr.update(value=number, maximum=last), f"of {last}",
-                preview_html(app_data.preview_rows(examples, tokenizer)))
-
-    def loaded(examples, data: dict, model_name: str, values) -> tuple:
+    def loaded(examples, data: dict, task, preset_name, values) -> tuple:
         """Every output of a new data set: the states, the views (the status names the detected format), the
         Compare fields, the command."""
-        _, *views = views_of(examples, model_name)
-        return (examples, data, app_data.data_status(examples, data.get("columns")), *views, examples[0].prompt,
-                examples[0].demonstration, page.command(data, *values))
+        _, *views = data_views(page, examples, preset_name, values)
+        return (examples, data, task, app_data.data_status(examples, data.get("columns")), *views,
+                examples[0].prompt, examples[0].demonstration, page.command(data, preset_name, *values))
 
     # The mapping is kept in session state, so the HTTP API's load_data keeps its (file, *settings) signature.
-    columns_text = gr.State("")
-    columns.change(lambda text: text, columns, columns_text, api_name="set_columns", show_progress="hidden")
+    ui.columns = gr.State("")
+    ui.columns_box.change(lambda text: text, ui.columns_box, ui.columns, api_name="set_columns",
+                          show_progress="hidden")
 
-    def on_upload(data: bytes | None, columns_text: str, *values):
+    def on_upload(data: bytes | None, columns_text: str, preset_name, *values):
         if data is None:
-            command = page.command(DEFAULT_DATA, *values)
-            return [], DEFAULT_DATA, "", "", None, 1, "", "", gr.skip(), gr.skip(), command
+            command = page.command(DEFAULT_DATA, preset_name, *values)
+            return [], DEFAULT_DATA, None, "", "", None, 1, "", "", gr.skip(), gr.skip(), command
         try:
             examples = app_data.parse_upload(data, page.limits.max_upload_bytes, page.limits.max_record_chars,
                                              columns=columns_text)
         except (app_data.DataError, ValueError) as err:  # ValueError: a malformed --columns text
-            return [], DEFAULT_DATA, _error(str(err)), "", None, 1, "", "", gr.skip(), gr.skip(), gr.skip()
+            return [], DEFAULT_DATA, None, _error(str(err)), "", None, 1, "", "", gr.skip(), gr.skip(), gr.skip()
         # an upload has no path: the command names a file of its kind
         named = {"data": f"demos.{app_data.upload_kind(data)}", "columns": columns_text.strip() or None}
-        return loaded(examples, named, page.named(values)["model"], values)
+        return loaded(examples, named, None, preset_name, values)
 
-    def on_sample(name: str, *values):
+    def on_sample(name: str, preset_name, *values):
         path = app_data.SAMPLES[name]
         examples = app_data.parse_upload(path.read_bytes(), page.limits.max_upload_bytes)
         shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
-        return (*loaded(examples, {"data": shown}, page.named(values)["model"], values), None)
+        return (*loaded(examples, {"data": shown}, app_data.SAMPLE_TASKS.get(name), preset_name, values), None)
 
-    def on_page(examples, number, model_name, step=0):
+    def on_page(examples, number, step, preset_name, *values):
         if not examples:
             return None, 1, ""
-        _, _, rows, number_update, count, _ = views_of(examples, model_name, int(number or 1) + step)
+        _, _, rows, number_update, count, _ = data_views(page, examples, preset_name, values, int(number or 1) + step)
         return rows, number_update, count
 
     def on_load_record(examples, number):
@@ -280,7 +292,7 @@ def data_tab(page: Page) -> SimpleNamespace:
             return "", "", _error(f"record {number} does not exist: pick 1 to {len(examples)} (0 adds a new one)")
         return examples[number - 1].prompt, examples[number - 1].demonstration, ""
 
-    def on_edit(examples, number, prompt, demonstration, model_name, remove_it=False):
+    def on_edit(examples, number, prompt, demonstration, remove_it, preset_name, *values):
         number = int(number or 0)
         try:
             edited = app_data.edit_example(examples, number, prompt, demonstration, remove=remove_it,
@@ -288,169 +300,243 @@ def data_tab(page: Page) -> SimpleNamespace:
         except ValueError as err:
             return (examples, _error(str(err)), *[gr.skip()] * 5)
         where = number or len(edited)  # the record fixed or removed, or the one added
-        text, *shown = views_of(edited, model_name, (min(where, len(edited)) - 1) // app_data.PAGE_ROWS + 1)
+        text, *shown = data_views(page, edited, preset_name, values,
+                                  (min(where, len(edited)) - 1) // app_data.PAGE_ROWS + 1)
         action = "removed" if remove_it else "saved" if number else "added"
         return (edited, f"{text} Record {where} {action}.", *shown)
 
-    edit_outputs = [page.examples, status, stats, table, page_number, pages, preview]
-    save.click(lambda ex, n, p, d, m: on_edit(ex, n, p, d, m), [page.examples, record, edit_prompt,
-               edit_demonstration, model], edit_outputs, api_name="edit_record")
-    remove.click(lambda ex, n, m: on_edit(ex, n, "", "", m, True), [page.examples, record, model], edit_outputs,
-                 api_name="remove_record")
-    load_record.click(on_load_record, [page.examples, record], [edit_prompt, edit_demonstration, status],
-                      api_name=False)
-    table_outputs = [table, page_number, pages]
-    page_number.submit(on_page, [page.examples, page_number, model], table_outputs, api_name="data_page")
-    previous.click(lambda ex, n, m: on_page(ex, n, m, -1), [page.examples, page_number, model], table_outputs,
-                   api_name=False)
-    following.click(lambda ex, n, m: on_page(ex, n, m, 1), [page.examples, page_number, model], table_outputs,
-                    api_name=False)
-    # The outputs that live on other tabs (the Compare fields, the command) are wired in `build`.
-    outputs = [page.examples, page.data_name, status, stats, table, page_number, pages, preview]
-    return SimpleNamespace(upload=upload, columns=columns_text, sample=sample, use_sample=use_sample, outputs=outputs,
-                           on_upload=on_upload, on_sample=on_sample, inputs=list(page.settings.values()))
+    ui.on_upload, ui.on_sample = on_upload, on_sample
+    data_events(page, ui, on_page, on_load_record, on_edit)
+    return ui
 
 
-def train_tab(page: Page) -> SimpleNamespace:
-    """2 · Train: the settings, Start / Stop / Resume, live status, curves and the token view."""
+def data_events(page: Page, ui: SimpleNamespace, on_page, on_load_record, on_edit) -> None:
+    """Wire the Data tab's paging and editing (loading is wired in `build`: its outputs span tabs)."""
+    keep, remove = gr.State(False), gr.State(True)
+    edit_outputs = [page.examples, ui.status, ui.stats, ui.table, ui.page_number, ui.pages, ui.preview]
+    ui.save.click(on_edit, [page.examples, ui.record, ui.edit_prompt, ui.edit_demonstration, keep, *page.inputs],
+                  edit_outputs, api_name="edit_record")
+    ui.remove.click(on_edit, [page.examples, ui.record, ui.edit_prompt, ui.edit_demonstration, remove, *page.inputs],
+                    edit_outputs, api_name="remove_record")
+    ui.load_record.click(on_load_record, [page.examples, ui.record], [ui.edit_prompt, ui.edit_demonstration,
+                                                                        ui.status], api_name=False)
+    table_outputs = [ui.table, ui.page_number, ui.pages]
+    for trigger, step, api_name in ((ui.page_number.submit, 0, "data_page"), (ui.previous.click, -1, False),
+                                    (ui.following.click, 1, False)):
+        trigger(on_page, [page.examples, ui.page_number, gr.State(step), *page.inputs], table_outputs,
+                api_name=api_name)
+    # The preview shows the teacher's prompt in the template the Train tab has: it follows those settings.
     s = page.settings
+    gr.on([page.preset.change, *(s[n].change for n in ("model", "template", "custom_template", "demo_selection"))],
+          lambda examples, preset_name, *values: data_views(page, examples, preset_name, values)[5] if examples
+          else gr.skip(),
+          [page.examples, *page.inputs], ui.preview, api_name=False, show_progress="hidden",
+          trigger_mode="always_last")
+    ui.outputs = [page.examples, page.data_name, page.task, ui.status, ui.stats, ui.table, ui.page_number,
+                  ui.pages, ui.preview]
+
+
+def settings_column(page: Page) -> SimpleNamespace:
+    """The Train tab's left column: the preset, the settings (Advanced ones folded), YAML save and load."""
+    s, ui = page.settings, SimpleNamespace()
+    page.preset.render()
+    for name, setting in page.table.items():
+        if setting.group == "main":
+            s[name].render()
+    with gr.Accordion("Advanced: the teacher and the loss", open=False, elem_id="advanced"):
+        for name, setting in page.table.items():
+            if setting.group == "advanced":
+                s[name].render()
+    with gr.Row():
+        ui.save_yaml = gr.Button("Save settings (config.yaml)", size="sm", elem_id="save-yaml")
+        ui.load_yaml = gr.UploadButton("Load settings (YAML)", file_types=[".yaml", ".yml"], type="binary",
+                                       size="sm", elem_id="load-yaml")
+    ui.yaml_file = gr.File(label="config.yaml (what `sdft-kit train --config` reads)", visible=False,
+                           interactive=False)
+    ui.yaml_note = gr.HTML()
+    return ui
+
+
+def train_layout(page: Page) -> SimpleNamespace:
+    """2 · Train: the settings, Start / Stop / Resume, the status, curves and the token view."""
     with gr.Tab("2 · Train"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                s["model"].render()
-                s["load_in_4bit"].render()
-                s["method"].render()
-                with gr.Row():
-                    s["steps"].render()
-                    s["batch_size"].render()
-                with gr.Row():
-                    s["learning_rate"].render()
-                    s["lora_r"].render()
-                s["max_new_tokens"].render()
-                s["threads"].render()
-                with gr.Accordion("Advanced: the teacher and the loss", open=False, elem_id="advanced"):
-                    for name in ("teacher", "template", "custom_template", "demo_selection", "skip_first",
-                                 "divergence", "vocab", "topk", "report_to"):
-                        s[name].render()
+                ui = settings_column(page)
             with gr.Column(scale=2):
-                status = gr.Markdown("no training yet", elem_id="status")
+                ui.status = gr.Markdown("no training yet", elem_id="status")
                 with gr.Row():
-                    start = gr.Button("Start", variant="primary", elem_id="start")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                    run = gr.Dropdown([], label="Run to resume", scale=2, allow_custom_value=True)
-                    resume = gr.Button("Resume", elem_id="resume")
-                message = gr.HTML()
-                apply_advice = gr.Button("Apply the teacher check's advice", visible=False, elem_id="apply-advice")
-                curves_plot = gr.Plot(label="loss and mean KL", elem_id="curves")
+                    ui.start = gr.Button("Start", variant="primary", elem_id="start")
+                    ui.stop = gr.Button("Stop (or cancel while waiting)", variant="stop", elem_id="stop")
+                    ui.run = gr.Dropdown([], label="Run to resume", scale=2, allow_custom_value=True)
+                    ui.resume = gr.Button("Resume", elem_id="resume")
+                ui.message = gr.HTML(elem_id="message")
+                ui.apply_advice = gr.Button("Use the teacher check's advice", visible=False, elem_id="apply-advice")
+                # No component label: the figure names its plots (a label would sit over its first legend entry).
+                ui.curves = gr.Plot(show_label=False, elem_id="curves")
                 gr.Markdown("The latest step's first answer, token by token (SDFT: the student's own answer; SFT: "
                             "the demonstration). **Click a token** (or move the slider) to see both models' top-k.")
                 with gr.Row():
-                    metric = gr.Dropdown(_metric_choices(views.SDFT_METRICS), value="log_ratio",
-                                         label="Colour tokens by", scale=2, allow_custom_value=True)
-                    position = gr.Slider(0, 1, value=0, step=1, label="Inspect token # (starts at the most "
-                                         "divergent one)", scale=2, elem_id="position")
-                # No component label: the figures carry their own titles (a label makes gradio pad the top).
-                strip_plot = gr.Plot(show_label=False, elem_id="strip")
-                detail_plot = gr.Plot(show_label=False, elem_id="detail")
-                clicked = gr.Textbox(visible="hidden", elem_id="token-click")
-        command = gr.Code(label="Equivalent command (copy-paste to train from a terminal)", language="shell",
-                          interactive=False)
-    seen = gr.State([])
-
-    def on_start(worker, examples, *values):
-        try:
-            run_dir = worker.start(page.config(values), examples)
-        except (ValueError, logic.BusyError, OSError) as err:
-            return _error(str(err)), gr.skip()
-        return f"Started <b>{html.escape(run_dir.name)}</b>.", page.run_choices(worker, run_dir.name)
-
-    def on_stop(worker):
-        if not worker.is_running():
-            return "Nothing is training in this session."
-        worker.stop()
-        return "Stopping after the current step; the checkpoint will be saved for Resume."
-
-    def on_resume(worker, name, steps):
-        try:
-            run_dir = worker.resume(name, steps=int(steps), check=page.limits.check)
-        except (ValueError, logic.BusyError, OSError) as err:
-            return _error(str(err))
-        return f"Resuming <b>{html.escape(run_dir.name)}</b> to step {int(steps)}."
-
-    def on_apply(worker):
-        """The Advanced settings that act on the teacher check's advice, set in one click."""
-        values = logic.advised_values(worker.advice)
-        if not values:
-            return ["No advice to apply (the teacher check has none)."] + [gr.skip()] * len(ADVISED)
-        done = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in worker.advice.items())
-        return (f"Applied: {html.escape(done)}. Start a new run to train with them.",
-                *[values.get(name, gr.skip()) for name in ADVISED])
-
-    def token_views(record: dict, metric: str, at: int | None = None):
-        """Strip and top-k detail of a record at token `at` (default: its most divergent token)."""
-        metric = metric if metric in views.metrics_for(record) else views.metrics_for(record)[0]
-        if at is None:
-            at = views.loudest_token(record, metric)
-        last = max(len(record["sample"]["tokens"]) - 1, 1) if record.get("sample") else 1
-        return (views.token_strip(record, metric, selected=at, chars_per_row=64),
-                views.token_detail(record, at), gr.update(maximum=last, value=min(at, last)))
-
-    def poll(worker, seen_key, metric):
-        state = worker.status()
-        records = worker.records()
-        key = (str(state.run_dir), len(records), state.state)
-        advice = gr.update(visible=bool(worker.advice))
-        if key == tuple(seen_key or ()):  # nothing new: keep the figures as they are
-            return state.markdown, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), advice, seen_key
-        if not records:
-            return state.markdown, None, None, None, gr.skip(), gr.skip(), advice, list(key)
-        available = views.metrics_for(records[-1])  # SFT records have no teacher: NLL and the student's p
-        metric = metric if metric in available else available[0]
-        return (state.markdown, views.curves(records), *token_views(records[-1], metric),
-                gr.update(choices=_metric_choices(available), value=metric), advice, list(key))
-
-    def on_token(worker, metric, at=None):
-        records = worker.records()
-        if not records:
-            return gr.skip(), gr.skip(), gr.skip()
-        return token_views(records[-1], metric, None if at is None else int(at))
-
-    def on_click(worker, metric, value):
-        index = value.split(":")[0] if value else ""
-        return on_token(worker, metric, int(index)) if index.isdigit() else (gr.skip(), gr.skip(), gr.skip())
-
-    settings = list(s.values())
-    for setting in settings:
-        setting.change(page.command, [page.data_name, *settings], command, api_name=False, show_progress="hidden")
-    def shown_status(worker):
-        return worker.status().markdown
-
-    # The status shows the first phase ("loading the model") as soon as Start or Resume returns, rather than
-    # at the timer's next tick, which a busy machine can hold back for seconds.
-    start.click(on_start, [page.worker, page.examples, *settings], [message, run], api_name="start").then(
-        shown_status, page.worker, status, api_name=False, show_progress="hidden")
-    stop.click(on_stop, page.worker, message, api_name="stop")
-    resume.click(on_resume, [page.worker, run, s["steps"]], message, api_name="resume").then(
-        shown_status, page.worker, status, api_name=False, show_progress="hidden")
-    apply_advice.click(on_apply, page.worker, [message, *[s[name] for name in ADVISED]], api_name="apply_advice")
-    gr.Timer(1.0).tick(poll, [page.worker, seen, metric], [status, curves_plot, strip_plot, detail_plot, position,
-                                                          metric, apply_advice, seen],
-                       api_name="poll", show_progress="hidden")
-    token_outputs = [strip_plot, detail_plot, position]
-    metric.input(on_token, [page.worker, metric], token_outputs, api_name=False)
-    # release, not change: the slider moved by a new step must not trigger a redraw of its own
-    position.release(on_token, [page.worker, metric, position], token_outputs, api_name=False)
-    clicked.change(on_click, [page.worker, metric, clicked], token_outputs, api_name="select_token",
-                  show_progress="hidden")
-    return SimpleNamespace(run=run, command=command)
-
-
-# The settings the teacher check's advice can change (see logic.advised_values), in the outputs' order.
-ADVISED = ("template", "custom_template", "demo_selection", "skip_first")
+                    ui.metric = gr.Dropdown(_metric_choices(views.SDFT_METRICS), value="log_ratio",
+                                            label="Colour tokens by", scale=2, allow_custom_value=True)
+                    ui.position = gr.Slider(0, 1, value=0, step=1, label="Inspect token # (starts at the most "
+                                            "divergent readable one)", scale=2, elem_id="position")
+                ui.strip = gr.Plot(show_label=False, elem_id="strip")
+                ui.detail = gr.Plot(show_label=False, elem_id="detail")
+                ui.clicked = gr.Textbox(visible="hidden", elem_id="token-click")
+        ui.command = gr.Code(label="Equivalent command (copy-paste to train from a terminal)", language="shell",
+                             interactive=False, elem_id="command")
+    ui.seen = gr.State([])
+    return ui
 
 
 def _metric_choices(metrics: list[str]) -> list[tuple[str, str]]:
     return [(views.METRICS[m][0], m) for m in metrics]
+
+
+def token_views(record: dict, metric: str, at: int | None = None):
+    """Strip and top-k detail of a record at token `at` (default: its most divergent readable token)."""
+    metric = metric if metric in views.metrics_for(record) else views.metrics_for(record)[0]
+    if at is None:
+        at = views.loudest_token(record, metric)
+    last = max(len(record["sample"]["tokens"]) - 1, 1) if record.get("sample") else 1
+    return (views.token_strip(record, metric, selected=at, chars_per_row=64),
+            views.token_detail(record, at), gr.update(maximum=last, value=min(at, last)))
+
+
+def train_controls(page: Page, ui: SimpleNamespace) -> None:
+    """Start, Stop, Resume and the teacher check's advice."""
+    def on_start(request: gr.Request, examples, data_name, task, preset_name, *values):
+        try:
+            config = page.config(preset_name, values)
+            percent = 0 if task else page.named(values)["held_out"] or 0  # a task has its own eval split
+            train, held = logic.split_held_out(examples, percent, config.train.seed)
+            job = page.trainings.start(page.owner(request), config, train, held, data_name["data"], task)
+        except (ValueError, app_runs.BusyError, OSError) as err:
+            return _error(str(err)), gr.skip()
+        held_text = f" ({len(held)} records held out for the Evaluate tab)" if held else ""
+        waits = page.trainings.position(job)
+        said = f"<b>{html.escape(job.name)}</b> waits: #{waits} in the queue" if waits else \
+            f"Started <b>{html.escape(job.name)}</b>"
+        return said + held_text + ".", page.run_choices(request, job.name)
+
+    def on_stop(request: gr.Request):
+        return html.escape(page.trainings.stop(page.owner(request)))
+
+    def on_resume(request: gr.Request, name, steps):
+        try:
+            job = page.trainings.resume(page.owner(request), name, steps=int(steps), check=page.limits.check)
+        except (ValueError, app_runs.BusyError, OSError) as err:
+            return _error(str(err))
+        waits = page.trainings.position(job)
+        return f"Resuming <b>{html.escape(job.name)}</b> to step {int(steps)}" + (
+            f": #{waits} in the queue." if waits else ".")
+
+    def on_apply(request: gr.Request):
+        """The settings the teacher check advises, set in one click."""
+        job = page.trainings.job(page.owner(request))
+        advice = logic.advice_for(job.check, job.config) if job is not None and job.check is not None else {}
+        values = logic.advised_values(advice)
+        if not values:
+            return ["No advice to apply (the teacher check has none)."] + [gr.skip()] * len(page.settings)
+        done = logic.advice_label(advice).split(": ", 1)[1]
+        return (f"Applied: {html.escape(done)}. Start a new run to train with them.",
+                *[values.get(name, gr.skip()) for name in page.settings])
+
+    settings = list(page.settings.values())
+    ui.start.click(on_start, [page.examples, page.data_name, page.task, *page.inputs], [ui.message, ui.run],
+                   api_name="start")
+    ui.stop.click(on_stop, None, ui.message, api_name="stop")
+    ui.resume.click(on_resume, [ui.run, page.settings["steps"]], ui.message, api_name="resume")
+    ui.apply_advice.click(on_apply, None, [ui.message, *settings], api_name="apply_advice")
+
+
+def train_poll(page: Page, ui: SimpleNamespace, board) -> None:
+    """Once a second: the server's board, this owner's status, curves and token view (figures only when a step
+    or the state changed), the advice button; a finished stop clears the 'Stopping...' message."""
+    def poll(request: gr.Request, seen_key, metric):
+        owner = page.owner(request)
+        state = page.trainings.status(owner, logic.check_text)
+        records = page.trainings.records(owner)
+        job = page.trainings.job(owner)
+        advice = logic.advice_for(job.check, job.config) if job is not None and job.check is not None else {}
+        button = gr.update(visible=True, value=logic.advice_label(advice)) if advice else gr.update(visible=False)
+        key = [str(state.run_dir), len(records), state.state]
+        ended = state.state in FINAL and list(seen_key or [])[2:] != key[2:]
+        common = (page.trainings.board(owner), state.markdown, button, key, "" if ended else gr.skip())
+        if key == list(seen_key or []):  # nothing new: keep the figures as they are
+            return (*common, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        if not records:
+            return (*common, None, None, None, gr.skip(), gr.skip())
+        available = views.metrics_for(records[-1])  # SFT records have no teacher: NLL and the student's p
+        metric = metric if metric in available else available[0]
+        return (*common, views.curves(records), *token_views(records[-1], metric),
+                gr.update(choices=_metric_choices(available), value=metric))
+
+    def on_token(request: gr.Request, metric, at=None):
+        records = page.trainings.records(page.owner(request))
+        if not records:
+            return gr.skip(), gr.skip(), gr.skip()
+        return token_views(records[-1], metric, None if at is None else int(at))
+
+    def on_click(request: gr.Request, metric, value):
+        index = value.split(":")[0] if value else ""
+        return on_token(request, metric, int(index)) if index.isdigit() else (gr.skip(), gr.skip(), gr.skip())
+
+    outputs = [board, ui.status, ui.apply_advice, ui.seen, ui.message, ui.curves, ui.strip, ui.detail, ui.position,
+               ui.metric]
+    # Every open page polls once a second, and the handler takes about a millisecond: outside gradio's queue
+    # (one plain POST, no event stream), so 20 pages cost the server little and wait behind no other event.
+    gr.Timer(1.0).tick(poll, [ui.seen, ui.metric], outputs, api_name="poll", show_progress="hidden", queue=False)
+    token_outputs = [ui.strip, ui.detail, ui.position]
+    ui.metric.input(on_token, ui.metric, token_outputs, api_name=False)
+    # release, not change: the slider moved by a new step must not trigger a redraw of its own
+    ui.position.release(on_token, [ui.metric, ui.position], token_outputs, api_name=False)
+    ui.clicked.change(on_click, [ui.metric, ui.clicked], token_outputs, api_name="select_token",
+                      show_progress="hidden")
+
+
+def train_settings_events(page: Page, ui: SimpleNamespace) -> None:
+    """The preset sets the fields; the settings save as and load from the CLI's YAML; the command follows."""
+    settings = list(page.settings.values())
+
+    def on_preset(name: str):
+        values = page.preset_values(name)
+        return [values.get(setting, gr.skip()) for setting in page.settings]
+
+    def on_save_yaml(preset_name, *values):
+        try:
+            config = page.config(preset_name, values)
+        except ValueError as err:
+            return gr.update(visible=False), _error(str(err))
+        path = page.export_dir / "config.yaml"
+        config.save(path)
+        return gr.update(value=str(path), visible=True), ("✓ Train from a terminal with <code>sdft-kit train --config "
+                                                          "config.yaml --data ... --out ...</code>.")
+
+    def on_load_yaml(data: bytes | None, preset_name):
+        try:
+            values, ignored = logic.load_settings_yaml(data or b"", preset_name, page.table)
+        except ValueError as err:
+            return [_error(str(err))] + [gr.skip()] * len(settings)
+        note = "✓ Settings loaded." + (f" Not settable in the app (kept at the preset's value; the CLI takes them): "
+                                       f"{html.escape(', '.join(ignored))}." if ignored else "")
+        return [note, *[values.get(name, gr.skip()) for name in page.settings]]
+
+    page.preset.input(on_preset, page.preset, settings, api_name="preset")
+    ui.save_yaml.click(on_save_yaml, page.inputs, [ui.yaml_file, ui.yaml_note], api_name="save_settings")
+    ui.load_yaml.upload(on_load_yaml, [ui.load_yaml, page.preset], [ui.yaml_note, *settings],
+                        api_name="load_settings")
+    gr.on([c.change for c in page.inputs], page.command, [page.data_name, *page.inputs], ui.command,
+          api_name=False, show_progress="hidden", trigger_mode="always_last")
+
+
+def train_tab(page: Page, board) -> SimpleNamespace:
+    ui = train_layout(page)
+    train_controls(page, ui)
+    train_poll(page, ui, board)
+    train_settings_events(page, ui)
+    return ui
 
 
 def compare_tab(page: Page) -> SimpleNamespace:
@@ -467,9 +553,9 @@ def compare_tab(page: Page) -> SimpleNamespace:
             trained_answer = gr.Textbox(label="Trained adapter", lines=6)
             teacher_answer = gr.Textbox(label="Teacher (base + demonstration)", lines=6)
 
-    def on_compare(worker, prompt_text, demonstration_text, name, model, progress=gr.Progress()):
+    def on_compare(request: gr.Request, prompt_text, demonstration_text, name, model, progress=gr.Progress()):
         try:
-            run_dir = worker.run_path(name) if name else None
+            run_dir = page.trainings.run_path(page.owner(request), name) if name else None
             answers = logic.compare_answers(prompt_text, demonstration_text or "", page.limits.check_model(model),
                                             run_dir, progress=lambda fraction, phase: progress(fraction, desc=phase))
         except (ValueError, RuntimeError, OSError) as err:
@@ -479,7 +565,7 @@ def compare_tab(page: Page) -> SimpleNamespace:
         return (shown, answers["base"], answers["trained"] or "(no trained adapter)",
                 answers["teacher"] or "(no demonstration given)")
 
-    button.click(on_compare, [page.worker, prompt, demonstration, run, page.settings["model"]],
+    button.click(on_compare, [prompt, demonstration, run, page.settings["model"]],
                  [note, base_answer, trained_answer, teacher_answer], api_name="compare")
     return SimpleNamespace(tab=tab, run=run, prompt=prompt, demonstration=demonstration)
 
@@ -512,11 +598,11 @@ def chat_tab(page: Page) -> SimpleNamespace:
                     clear = gr.Button("Clear the conversation")
                 note = gr.HTML()
 
-    def on_send(worker, history, text, who, name, demo, model, template, custom, *sampling):
+    def on_send(request: gr.Request, history, text, who, name, demo, model, template, custom, *sampling):
         messages = [*plain_messages(history), {"role": "user", "content": text or ""}]
         new_tokens, temp, nucleus, penalty, stop_text = sampling
         try:
-            run_dir = worker.run_path(name) if who == "trained" else None
+            run_dir = page.trainings.run_path(page.owner(request), name) if who == "trained" else None
             template_text = logic.make_config(template=template, custom_template=custom).teacher.template
             answers = logic.chat_answer(
                 messages, model=page.limits.check_model(model), run_dir=run_dir,
@@ -530,8 +616,8 @@ def chat_tab(page: Page) -> SimpleNamespace:
         except (ValueError, RuntimeError, OSError) as err:
             yield history, text, _error(str(err))
 
-    inputs = [page.worker, chatbot, message, source, run, demonstration, s["model"], s["template"],
-              s["custom_template"], max_new_tokens, temperature, top_p, repetition_penalty, stop]
+    inputs = [chatbot, message, source, run, demonstration, s["model"], s["template"], s["custom_template"],
+              max_new_tokens, temperature, top_p, repetition_penalty, stop]
     # gradio runs one event of a kind at a time by default: one session's long answer would hold up every other
     # session's chat. Generation only reads the shared model, so a few answers are generated side by side.
     send.click(on_send, inputs, [chatbot, message, note], api_name="chat", concurrency_limit=CHATS_AT_ONCE,
@@ -542,11 +628,55 @@ def chat_tab(page: Page) -> SimpleNamespace:
     return SimpleNamespace(tab=tab, run=run)
 
 
+def evaluate_tab(page: Page) -> SimpleNamespace:
+    """5 · Evaluate: a finished run beside the base model (new task, prior skills), several runs' curves on one
+    plot, and where the run was logged."""
+    with gr.Tab("5 · Evaluate") as tab:
+        runs = gr.Dropdown([], multiselect=True, label="Runs (all are plotted; the first is scored)",
+                           allow_custom_value=True, elem_id="evaluate-runs")
+        score = gr.Button("Score the first run beside the base model", variant="primary", elem_id="score")
+        table = gr.Markdown(elem_id="scores")
+        curves = gr.Plot(show_label=False, elem_id="evaluate-curves")
+        tracker = gr.Markdown(elem_id="tracker")
+
+    def run_dirs(request: gr.Request, names):
+        owner = page.owner(request)
+        return [page.trainings.run_path(owner, name) for name in names or []]
+
+    def on_runs(request: gr.Request, names):
+        try:
+            dirs = run_dirs(request, names)
+        except ValueError as err:
+            return _error(str(err)), None, ""
+        if not dirs:
+            return "Pick one of your runs (train one first).", None, ""
+        saved = app_evaluate.saved_evaluation(dirs[0])
+        return (app_evaluate.score_table(saved) if saved else "Not scored yet.", app_evaluate.runs_curves(dirs),
+                app_evaluate.tracker_note(dirs[0]))
+
+    def on_score(request: gr.Request, names, progress=gr.Progress()):
+        try:
+            dirs = run_dirs(request, names)
+            if not dirs:
+                raise ValueError("pick one of your runs (train one first)")
+            result = app_evaluate.evaluate_run(dirs[0], lambda fraction, phase: progress(fraction, desc=phase))
+        except (ValueError, RuntimeError, OSError) as err:
+            return _error(str(err))
+        return app_evaluate.score_table(result)
+
+    def choices(request: gr.Request, names):
+        return page.run_choices(request, names, multiselect=True)
+
+    runs.change(on_runs, runs, [table, curves, tracker], api_name="evaluate_runs")
+    score.click(on_score, runs, table, api_name="score")
+    return SimpleNamespace(tab=tab, run=runs, choices=choices)
+
+
 def export_tab(page: Page) -> SimpleNamespace:
-    """5 · Export: the adapter (PEFT, with its model card), the merged model in 16-bit or as GGUF with an Ollama
+    """6 · Export: the adapter (PEFT, with its model card), the merged model in 16-bit or as GGUF with an Ollama
     Modelfile, as a zip to download,
     or the adapter pushed to the Hugging Face Hub."""
-    with gr.Tab("5 · Export") as tab:
+    with gr.Tab("6 · Export") as tab:
         run = gr.Dropdown([], label="Run", allow_custom_value=True)
         with gr.Row():
             adapter = gr.Button("Adapter (.zip, PEFT format, with its model card)", variant="primary")
@@ -562,57 +692,60 @@ def export_tab(page: Page) -> SimpleNamespace:
         push = gr.Button("Push to the Hub")
         pushed = gr.HTML()
 
-    def on_export(worker, name, kind):
-        exports = {"adapter": logic.export_adapter_zip, "merged": logic.export_merged_zip,
-                   "gguf": logic.export_gguf_zip}
+    exports = {"adapter": logic.export_adapter_zip, "merged": logic.export_merged_zip, "gguf": logic.export_gguf_zip}
+
+    def on_export(request: gr.Request, name, kind):
         try:
-            run_dir = worker.run_path(name)
+            run_dir = page.trainings.run_path(page.owner(request), name)
             path = exports[kind](run_dir, page.export_dir)
         except (ValueError, RuntimeError, OSError) as err:
             return _error(str(err)), None
         return f"✓ {path.name} ({path.stat().st_size / 2**20:.1f} MB) is ready below.", str(path)
 
-    def on_push(worker, name, repo_id, token, private):
+    def on_push(request: gr.Request, name, repo_id, token, private):
         try:
-            url = logic.push_adapter(worker.run_path(name), repo_id, token=token, private=private)
+            url = logic.push_adapter(page.trainings.run_path(page.owner(request), name), repo_id, token=token,
+                                     private=private)
         except (ValueError, RuntimeError, OSError) as err:
             return _error(str(err))
         return f"✓ pushed to {html.escape(url)}"
 
-    adapter.click(lambda worker, name: on_export(worker, name, "adapter"), [page.worker, run], [note, file],
-                  api_name="export_adapter")
-    merged.click(lambda worker, name: on_export(worker, name, "merged"), [page.worker, run], [note, file],
-                 api_name="export_merged")
-    gguf.click(lambda worker, name: on_export(worker, name, "gguf"), [page.worker, run], [note, file],
-               api_name="export_gguf")
-    push.click(on_push, [page.worker, run, repo, token, private], pushed, api_name="push")
+    adapter.click(on_export, [run, gr.State("adapter")], [note, file], api_name="export_adapter")
+    merged.click(on_export, [run, gr.State("merged")], [note, file], api_name="export_merged")
+    gguf.click(on_export, [run, gr.State("gguf")], [note, file], api_name="export_gguf")
+    push.click(on_push, [run, repo, token, private], pushed, api_name="push")
     return SimpleNamespace(tab=tab, run=run)
 
 
-def build(runs_dir: str = "runs", limits: Limits | None = None, threads: int = 1) -> gr.Blocks:
+def build(runs_dir: str = "runs", limits: Limits | None = None, threads: int = 1, concurrency: int = 1,
+          max_waiting: int = 8) -> gr.Blocks:
     limits = limits or Limits()
     # delete_cache: gradio's copies of the files it served (the exports) go after an hour, and at shutdown.
     with gr.Blocks(title="sdft-kit", analytics_enabled=False, delete_cache=(3600, 3600),
                    **({"css": CSS, "theme": gr.themes.Soft(), "js": JS} if GRADIO_5 else {})) as demo:
-        page = Page(runs_dir, limits, threads)
+        page = Page(runs_dir, limits, threads, concurrency, max_waiting)
         gr.Markdown("# sdft-kit · Self-Distillation Fine-Tuning\n"
                     "Teach a model from your demonstrations: it learns from its own answers, scored by itself "
                     "shown the demonstration. **1** load data · **2** train · **3** compare · **4** chat · "
-                    "**5** export. This browser session sees only the runs it starts.")
+                    "**5** evaluate · **6** export. Your runs stay yours: a reload finds them again.")
+        board = gr.Markdown(page.trainings.board(), elem_id="board")
         data = data_tab(page)
-        train = train_tab(page)
+        train = train_tab(page, board)
         compare = compare_tab(page)
         chat = chat_tab(page)
+        evaluate = evaluate_tab(page)
         export = export_tab(page)
 
         # Across tabs: loading data fills the Compare fields and the Train tab's command.
         outputs = [*data.outputs, compare.prompt, compare.demonstration, train.command]
-        data.upload.upload(data.on_upload, [data.upload, data.columns, *data.inputs], outputs, api_name="load_data")
-        data.use_sample.click(data.on_sample, [data.sample, *data.inputs], [*outputs, data.upload],
+        data.upload.upload(data.on_upload, [data.upload, data.columns, *page.inputs], outputs, api_name="load_data")
+        data.use_sample.click(data.on_sample, [data.sample, *page.inputs], [*outputs, data.upload],
                               api_name="load_sample")
-        demo.load(page.command, [page.data_name, *data.inputs], train.command, api_name=False)
+        demo.load(page.command, [page.data_name, *page.inputs], train.command, api_name=False)
+        demo.load(page.run_choices, train.run, train.run, api_name=False)  # a reload finds the owner's runs
         for tab, dropdown in ((compare.tab, compare.run), (chat.tab, chat.run), (export.tab, export.run)):
-            tab.select(page.run_choices, [page.worker, dropdown], dropdown, api_name=False)  # this session's runs
+            tab.select(page.run_choices, dropdown, dropdown, api_name=False)  # the owner's runs
+        evaluate.tab.select(evaluate.choices, evaluate.run, evaluate.run, api_name=False)
     demo.page = page  # for tests and for close_app
     return demo
 
@@ -640,10 +773,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-upload-mb", type=int, default=20, help="largest data file accepted")
     parser.add_argument("--max-steps", type=int, default=Limits.max_steps, help="most steps one run may ask for")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy small CPU)")
+    parser.add_argument("--concurrency", type=int, default=1, help="trainings at once (1: a CPU trains one well)")
+    parser.add_argument("--max-waiting", type=int, default=8, help="runs that may wait for a slot; a Start beyond "
+                                                                   "is refused with a message")
     args = parser.parse_args(argv)
     try:
         logins = read_logins(args.auth, args.auth_file)
         warning = check_exposure(args.host, args.share, logins, args.no_auth)
+        if args.concurrency < 1 or args.max_waiting < 0:
+            raise ValueError("--concurrency must be at least 1 and --max-waiting at least 0")
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     if warning:
@@ -651,16 +789,17 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     limits = Limits(models=tuple(dict.fromkeys(["embedded", *args.allow_model])), max_steps=args.max_steps,
                     max_upload_mb=args.max_upload_mb)
-    launch(build(args.runs_dir, limits, args.threads), args.host, args.port, args.share, logins or None)
+    launch(build(args.runs_dir, limits, args.threads, args.concurrency, args.max_waiting), args.host, args.port,
+           args.share, logins or None)
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            auth: list[tuple[str, str]] | None = None, **kwargs):
-    """Serve the app (gradio's auth when logins are given); gradio refuses larger uploads before they reach a
-    handler."""
-    return demo.queue().launch(server_name=host, server_port=port, share=share, auth=auth,
-                               max_file_size=f"{demo.page.limits.max_upload_mb}mb",
-                               **({} if GRADIO_5 else STYLE), **kwargs)
+    """Serve the app (gradio's auth when logins are given; a cookie naming each browser, see BrowserCookie);
+    gradio refuses larger uploads before they reach a handler."""
+    return demo.queue().launch(
+        server_name=host, server_port=port, share=share, auth=auth, max_file_size=f"{demo.page.limits.max_upload_mb}mb",
+        app_kwargs={"middleware": [Middleware(BrowserCookie)]}, **({} if GRADIO_5 else STYLE), **kwargs)
 
 
 if __name__ == "__main__":

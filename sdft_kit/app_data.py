@@ -24,8 +24,15 @@ from .data import SAMPLE_DATA, SAMPLES_DIR, DataError, Example, describe, exampl
 from .data_formats import parse_columns
 from .demos import DemoSelector, student_prompt, teacher_chat_template, teacher_prompt
 
-SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (8 of them, as CSV)": SAMPLES_DIR / "demo.csv"}
+TASK_DATA = SAMPLES_DIR.parent / "task_data"  # tasks.TASK_DATA (tasks itself imports torch)
 PARQUET_MAGIC = b"PAR1"
+
+SAMPLES = {"demo.jsonl (24 short Q&A)": SAMPLE_DATA, "demo.csv (8 of them, as CSV)": SAMPLES_DIR / "demo.csv",
+           "knowledge task (40 invented facts; scored on its eval split)": TASK_DATA / "knowledge_train.jsonl",
+           "tooluse task (32 tool calls; scored on its eval split)": TASK_DATA / "tooluse_train.jsonl"}
+# Samples that are a bundled task's train split: the Evaluate tab scores a run on the task's eval split.
+SAMPLE_TASKS = {name: path.name.removesuffix("_train.jsonl") for name, path in SAMPLES.items()
+                if path.parent == TASK_DATA}
 UPLOAD_NAME = "uploaded file"
 PREVIEW_CHARS = 2_000  # each prompt shown in a preview card (the rest is counted, not sent)
 CELL_CHARS = 240  # each text cell of the data table

@@ -1,23 +1,28 @@
-"""What the web app does, as plain functions and one worker per browser session (no gradio here).
+"""What the web app does, as plain functions (no gradio here).
 
-    make_config(**settings)      the Config of the Train tab's settings, by name
+    settings_table(limits, ...)  the Train tab's settings, generated from the config fields (as the CLI's flags
+                                 are), with the app's own words and bounds from the few tables below
+    make_config(preset, **values), setting_values(config)   settings -> Config -> settings
     cli_command(config, ...)     the `sdft-kit train ...` command that runs the same training
-    TrainingWorker               one session's runs: train in a background thread, stop, resume, status
+    load_settings_yaml(bytes)    an uploaded config.yaml (the file `sdft-kit train --config` reads) as settings
+    check_text(check)            the teacher check's verdict and advice in words, for the status
+    evaluate_run(run_dir)        the Evaluate tab: the new-task score and the prior-skills probe, base vs trained
     export_adapter_zip(...)      the run's adapter with its model card as a zip (export_gguf_zip: merged as GGUF with
                                  an Ollama Modelfile; export_merged_zip: merged in 16-bit;
                                  push_adapter: to the Hugging Face Hub)
     compare_answers(...)         one prompt answered by the base model, the trained adapter and the teacher, timed
     chat_answer(...)             the Chat tab's answer as it grows: base, a trained run, or the teacher
 
-`app.py` is the thin gradio front end over these; the Data tab's logic is in `app_data.py`, and
-what a shared server allows (logins, models, sizes) in `app_safety.py`. Tests call them directly.
+`app.py` is the thin gradio front end over these; the trainings (owners, the queue) are in `app_runs.py`,
+the Data tab's logic in `app_data.py`, and what a shared server allows (logins, models, sizes) in
+`app_safety.py`. Tests call them directly.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import random
 import shlex
-import shutil
 import tempfile
 import threading
 import time
@@ -26,56 +31,123 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .app_data import save_examples
-from .checkpoint import mark_run
-from .config import TEMPLATES, Config, fields_by_section, flag
-from .data import DataError, Example, load_examples
+from .config import PRESETS, TEMPLATES, Config, fields_by_section, flag, preset
+from .data import Example
 from .demos import student_prompt, teacher_messages, teacher_prompt
 from .export import adapter_dir
-from .records import StepRecord, load_records
 
-# Divergence choices shown in the app, as the loss's alpha (see LossConfig).
-DIVERGENCES = {"forward KL (paper)": 0.0, "JSD (alpha 0.5)": 0.5, "reverse KL": 1.0}
 TEMPLATE_CHOICES = (*TEMPLATES, "custom")
 
-# One training at a time in this process, whichever session asks: the limit on concurrent trainings.
-_ONE_TRAINING = threading.Lock()
+
+# -- the Train tab's settings, generated from the config fields ------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One setting of the Train tab as the page shows it: a config field, or one of the app's own."""
+
+    name: str  # the config field's name (or an APP_OWN name)
+    label: str
+    info: str  # the field's help text, unless INFO words it for the app
+    kind: str  # 'choice', 'switch', 'integer', 'number' or 'text'
+    group: str  # 'main' or 'advanced'
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    enabled: bool = True  # False: shown greyed, and the preset's value is used (e.g. 4-bit without CUDA)
+    visible: bool = True
 
 
-class BusyError(RuntimeError):
-    """A training run is already going on."""
+# The app's tables. SHOWN: the config fields the Train tab shows, by group, in order; every other field keeps
+# its preset's value (the CLI's flags and a YAML config set those). LABELS and INFO: where the app words a
+# field its own way (else: its name and its help text). APP_OWN: settings that are not config fields.
+SHOWN = {"main": ("model", "load_in_4bit", "method", "steps", "batch_size", "learning_rate", "lora_r",
+                  "max_new_tokens", "threads"),
+         "advanced": ("teacher", "template", "custom_template", "demo_selection", "skip_first", "alpha", "vocab",
+                      "topk", "report_to", "held_out")}
+LABELS = {"load_in_4bit": "4-bit base (QLoRA)", "lora_r": "LoRA rank", "max_new_tokens": "New tokens per answer",
+          "teacher": "Teacher kind", "template": "Teacher template", "demo_selection": "Demonstration shown",
+          "skip_first": "Skip first tokens", "alpha": "Divergence (alpha)", "topk": "k (for top-k)",
+          "threads": "CPU threads", "report_to": "Experiment tracking"}
+INFO = {"model": "the models this server offers ('embedded': SmolLM2-135M-Instruct, offline)",
+        "template": "how the demonstration is shown: in a system message (the measured default), the paper's "
+                    "wording, plain (no added words), or your own text",
+        "threads": "torch CPU threads for training"}
+APP_OWN = {
+    "custom_template": Setting("custom_template", "Custom template", "used with 'custom': a text with {prompt} and "
+                               "{demonstration}", "text", "advanced"),
+    "held_out": Setting("held_out", "Held out for the Evaluate tab (%)", "records kept out of training for the "
+                        "new-task score (none with fewer than 10 records)", "integer", "advanced", minimum=0,
+                        maximum=50),
+}
+APP_DEFAULTS = {"custom_template": "", "held_out": 15}
+# The presets (config.PRESETS) as the Preset menu names them; the page starts from `start_preset`.
+PRESET_TITLES = {"default": "default: the measured settings", "workshop": "workshop: fast on a CPU",
+                 "paper": "paper: the paper's method"}
+MIN_HELD_OUT_RECORDS = 10
 
 
-def wait_until_idle(timeout: float | None = None) -> bool:
-    """Wait until no training holds the process's slot (True), or `timeout` seconds pass (False)."""
-    if not _ONE_TRAINING.acquire(timeout=-1 if timeout is None else timeout):
-        return False
-    _ONE_TRAINING.release()
-    return True
+def start_preset(cuda: bool) -> str:
+    """The preset the page starts from: the measured default, in runs short enough for a CPU when there is
+    no GPU (config.PRESETS['workshop'] changes only the run's size)."""
+    return "default" if cuda else "workshop"
 
 
-# -- config and the equivalent command -------------------------------------------------------
-def make_config(*, model: str = "embedded", load_in_4bit: bool | None = None, method: str = "sdft", steps: int = 12,
-                learning_rate: float = 5e-4, lora_r: int = 16, max_new_tokens: int = 48, batch_size: int = 2,
-                teacher: str = "ema", divergence: str = "forward KL (paper)", vocab: str = "full", topk: int = 100,
-                template: str = "paper", custom_template: str = "", skip_first: int = 3, demo_selection: str = "own",
-                threads: int = 1, report_to: str = "auto") -> Config:
-    """The Config for the Train tab's settings, by name; raises ValueError saying what to change.
+def _field_setting(f: dataclasses.Field, group: str, maximum: float | None) -> Setting:
+    """A config field as a setting: its choices, its type (switch, whole number, number, text), its bounds."""
+    meta, default = f.metadata, f.default
+    kind = ("choice" if meta["choices"] else "switch" if default is None or isinstance(default, bool)
+            else "integer" if isinstance(default, int) else "number" if isinstance(default, float) else "text")
+    top = [x for x in (meta["bounds"].get("<="), maximum) if x is not None]
+    # An exclusive lower bound ('> 0') is left to the config's own check, which says what to change.
+    return Setting(f.name, LABELS.get(f.name, f.name.replace("_", " ").capitalize()),
+                   INFO.get(f.name, meta["help"]), kind, group, tuple(meta["choices"]), meta["bounds"].get(">="),
+                   min(top) if top else None)
 
-    Every name but three is the config field's: divergence is a name from DIVERGENCES (the loss's
-    alpha), template a name from TEMPLATE_CHOICES ('custom' takes `custom_template`, a text with
-    {prompt} and {demonstration}), and topk is used with vocab 'topk' only."""
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}; got {divergence!r}")
-    if template not in TEMPLATE_CHOICES:
-        raise ValueError(f"template must be one of {', '.join(TEMPLATE_CHOICES)}; got {template!r}")
-    text = custom_template if template == "custom" else TEMPLATES["paper"] if template == "paper" else template
-    return Config().replace(model=(model or "embedded").strip(), load_in_4bit=load_in_4bit, method=method,
-                            steps=int(steps), learning_rate=float(learning_rate), lora_r=int(lora_r),
-                            max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), teacher=teacher,
-                            alpha=DIVERGENCES[divergence], vocab=vocab, topk=int(topk), template=text,
-                            skip_first=int(skip_first), demo_selection=demo_selection, threads=int(threads),
-                            report_to=report_to)
+
+def settings_table(models: tuple[str, ...], max_steps: int, max_batch_size: int, max_new_tokens: int,
+                   cuda: bool, cpus: int) -> dict[str, Setting]:
+    """The Train tab's settings by name, in SHOWN's order, within the server's bounds."""
+    fields = {f.name: f for _, f in fields_by_section()}
+    bounds = {"steps": max_steps, "batch_size": max_batch_size, "max_new_tokens": max_new_tokens, "threads": cpus}
+    table = {name: APP_OWN.get(name) or _field_setting(fields[name], group, bounds.get(name))
+             for group, names in SHOWN.items() for name in names}
+    return {**table,
+            "model": dataclasses.replace(table["model"], kind="choice", choices=tuple(models)),
+            "template": dataclasses.replace(table["template"], kind="choice", choices=TEMPLATE_CHOICES),
+            "load_in_4bit": dataclasses.replace(table["load_in_4bit"], enabled=cuda, info=(
+                "on a CUDA GPU" if cuda else "needs a CUDA GPU (none here)")),
+            "threads": dataclasses.replace(table["threads"], minimum=1, visible=not cuda)}
+
+
+def setting_values(config: Config, table: dict[str, Setting]) -> dict:
+    """The settings' values for a config (the config fields the table shows, the template as choice + text)."""
+    flat = {name: value for section in config.to_dict().values() for name, value in section.items()}
+    values = {name: flat[name] for name in table if name in flat}
+    values["template"], values["custom_template"] = template_setting(config.teacher.template)
+    if values.get("load_in_4bit") is None and "load_in_4bit" in values:  # None: on with CUDA
+        values["load_in_4bit"] = table["load_in_4bit"].enabled
+    return values
+
+
+def make_config(preset_name: str = "default", **values) -> Config:
+    """The Config of a preset with the Train tab's settings over it, by name; raises ValueError saying what to
+    change. `template` is a name from TEMPLATE_CHOICES ('custom' takes `custom_template`, a text with {prompt}
+    and {demonstration}); the app's own `held_out` is not part of the config."""
+    template = values.pop("template", None)
+    custom = values.pop("custom_template", "")
+    values.pop("held_out", None)
+    if template is not None:
+        if template not in TEMPLATE_CHOICES:
+            raise ValueError(f"template must be one of {', '.join(TEMPLATE_CHOICES)}; got {template!r}")
+        values["template"] = custom if template == "custom" else template
+    if "model" in values:
+        values["model"] = (values["model"] or "embedded").strip()
+    return preset(preset_name).replace(**values)
+
+
+def config_of(preset_name: str, values: dict, table: dict[str, Setting]) -> Config:
+    """make_config of the page's values: a setting that cannot take effect here (shown greyed, e.g. 4-bit
+    without CUDA) keeps the preset's value."""
+    return make_config(preset_name, **{name: value for name, value in values.items() if table[name].enabled})
 
 
 def template_setting(template: str) -> tuple[str, str]:
@@ -95,12 +167,14 @@ def advised_values(advice: dict) -> dict:
     return values
 
 
-def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run", columns: str | None = None) -> str:
-    """`sdft-kit train` with a flag for every field that differs from the defaults (and --columns, the data's
-    column mapping, when one was given)."""
-    defaults = Config().to_dict()
+def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-run", preset_name: str = "default",
+                columns: str | None = None) -> str:
+    """`sdft-kit train` with the preset (unless the default), a flag for every field that differs from it, and
+    --columns (the data's column mapping) when one was given."""
+    defaults = preset(preset_name).to_dict()
     values = config.to_dict()
     parts = ["sdft-kit", "train", "--data", data, *(["--columns", columns] if columns else []), "--out", out]
+    parts += ["--preset", preset_name] if preset_name != "default" else []
     for section, f in fields_by_section():
         value = values[section][f.name]
         if value == defaults[section][f.name]:
@@ -112,210 +186,40 @@ def cli_command(config: Config, data: str = "demos.jsonl", out: str = "runs/my-r
     return " ".join(shlex.quote(part) for part in parts)
 
 
-# -- training in the background --------------------------------------------------------------
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(max(seconds, 0)))
-    hours, rest = divmod(seconds, 3600)
-    return (f"{hours}:" if hours else "") + f"{rest // 60:{'02' if hours else ''}d}:{rest % 60:02d}"
+def held_out_count(records: int, percent: float) -> int:
+    """How many of `records` the Evaluate tab keeps out of training: `percent` of them, at least one, none
+    when there are fewer than MIN_HELD_OUT_RECORDS or the percent is 0."""
+    if records < MIN_HELD_OUT_RECORDS or percent <= 0:
+        return 0
+    return max(1, round(records * percent / 100))
 
 
-@dataclass
-class Status:
-    state: str  # idle, loading, training, stopping, stopped, done, failed
-    step: int
-    steps: int
-    text: str  # "step 3/5, elapsed 0:42 < remaining 1:10 · loss ..." or what happened
-    run_dir: Path | None
-    teacher_check: str = ""  # the quick teacher check's verdict, before SDFT training
-
-    @property
-    def markdown(self) -> str:
-        """What the page shows: the status line, then the teacher check under it."""
-        return self.text + (f"\n\n{self.teacher_check}" if self.teacher_check else "")
+def split_held_out(examples: list[Example], percent: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """(train, held out): a seeded choice of held_out_count records kept out, both in the data's order."""
+    held = set(random.Random(seed).sample(range(len(examples)), held_out_count(len(examples), percent)))
+    return ([ex for i, ex in enumerate(examples) if i not in held],
+            [ex for i, ex in enumerate(examples) if i in held])
 
 
-class TrainingWorker:
-    """One browser session's runs: trains one at a time in a thread that writes the run directory; the
-    page polls `status()` and `records()`. Stop, Resume and the run lists act on this session's runs only.
+# -- settings as the CLI's YAML --------------------------------------------------------------
+UPLOADED_CONFIG = "uploaded config"
 
-    Stop sets a flag checked between steps; the worker then writes the checkpoint and the
-    adapter, so `resume()` continues the run with `Trainer(..., resume=True)`. The thread and its
-    stop flag are made per training, so a fresh worker is plain data (gradio copies a session's first state).
-    """
 
-    def __init__(self, runs_dir: str | Path):
-        self.runs_dir = Path(runs_dir)
-        self.runs: list[str] = []  # the run folders this session made, oldest first
-        self.run_dir: Path | None = None
-        self.state, self.phase, self.error = "idle", "", ""
-        self.teacher_check = ""  # the quick teacher check's verdict, before SDFT training
-        self.advice: dict = {}  # the settings that act on the check's advice (check.advised_settings)
-        self._records: list[dict] = []
-        self._steps = self._first_step = 0
-        self._started = self._last_step_at = 0.0
-        self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- this session's runs --
-    def run_names(self) -> list[str]:
-        """This session's runs that are still on disk, newest first."""
-        return [name for name in reversed(self.runs) if (self.runs_dir / name / "config.yaml").is_file()]
-
-    def run_path(self, name: str | None) -> Path:
-        """The folder of one of this session's runs; any other name (another session's run, a path) is refused."""
-        if not name or name not in self.run_names():
-            raise ValueError("pick one of this session's runs (train one first)")
-        return self.runs_dir / name
-
-    # -- controls --
-    def start(self, config: Config, examples: list[Example]) -> Path:
-        """A new run in a fresh folder of runs_dir (named by the time and method)."""
-        if not examples:
-            raise DataError("no data yet: upload a file or pick a sample on the Data tab first.")
-        self._take_lock()
+def load_settings_yaml(data: bytes, preset_name: str, table: dict[str, Setting]) -> tuple[dict, list[str]]:
+    """The settings of an uploaded config.yaml (what `sdft-kit train --config` reads) over the preset, and the
+    fields it sets that the app does not show (kept at the preset's value: set them with the CLI). A bad file
+    is a ValueError naming the line."""
+    with tempfile.TemporaryDirectory(prefix="sdft-kit-config-") as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_bytes(data)
         try:
-            run_dir = self._new_run_dir(config.train.method)
-            try:
-                config.save(run_dir / "config.yaml")  # listed as a run at once (the trainer rewrites it)
-                save_examples(examples, run_dir / "data.jsonl")
-            except BaseException:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                raise
-            self.runs.append(run_dir.name)
-            self._launch(run_dir, config, examples, resume=False)
-        except BaseException:
-            _ONE_TRAINING.release()
-            raise
-        return run_dir
-
-    def resume(self, name: str, steps: int | None = None, check: Callable[[Config], Config] | None = None) -> Path:
-        """Continue one of this session's stopped runs from its checkpoint (optionally to a new total of
-        `steps`); `check` may refuse the config (the server's limits)."""
-        run_dir = self.run_path(name)
-        if not (run_dir / "checkpoint" / "trainer_state.json").is_file() or not (run_dir / "data.jsonl").is_file():
-            raise FileNotFoundError(f"{run_dir.name}: no checkpoint to resume from")
-        config = Config.load(run_dir / "config.yaml")
-        if steps:
-            config = config.replace(steps=steps)
-        if check is not None:
-            config = check(config)
-        examples = load_examples(run_dir / "data.jsonl")
-        self._take_lock()
-        try:
-            self._launch(run_dir, config, examples, resume=True)
-        except BaseException:
-            _ONE_TRAINING.release()
-            raise
-        return run_dir
-
-    def stop(self) -> None:
-        if self.is_running():
-            self.state = "stopping"
-            self._stop.set()
-
-    def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    # -- what the page shows --
-    def records(self) -> list[StepRecord]:
-        return list(self._records)
-
-    def status(self) -> Status:
-        records = self._records
-        step = records[-1]["step"] if records else self._first_step
-        head = f"step {step}/{self._steps}"
-        if self.state == "idle":
-            return Status("idle", 0, 0, "no training yet", None)
-        if self.state == "failed":
-            return Status("failed", step, self._steps, f"{head} · failed: {self.error}", self.run_dir)
-        if self.state == "loading":
-            text = f"{head} · {self.phase}… ({format_seconds(time.time() - self._started)})"
-            return Status("loading", step, self._steps, text, self.run_dir, self.teacher_check)
-        elapsed = records[-1]["elapsed_s"] if records else 0.0
-        text = f"{head}, elapsed "
-        if self.state in ("training", "stopping"):
-            elapsed += time.time() - self._last_step_at  # the step under way
-            session = [r for r in records if r["step"] > self._first_step]
-            per_step = sum(r["seconds"]["total"] for r in session) / len(session) if session else None
-            remaining = "?" if per_step is None else format_seconds(
-                per_step * (self._steps - step) - (time.time() - self._last_step_at))
-            text += f"{format_seconds(elapsed)} < remaining {remaining}"
-        else:  # stopped or done: nothing is running, so no time remains to count down
-            text += format_seconds(elapsed)
-        if records:
-            last = records[-1]
-            text += f" · loss {last['loss']:.4f}"
-            text += "" if last["mean_kl"] is None else f" · mean KL {last['mean_kl']:.4f}"
-        text += {"training": "", "stopping": " · stopping after this step…", "done": " · done",
-                 "stopped": " · stopped (Resume continues from the checkpoint)"}[self.state]
-        return Status(self.state, step, self._steps, text, self.run_dir, self.teacher_check)
-
-    # -- the thread --
-    def _take_lock(self) -> None:
-        if self.is_running():
-            raise BusyError(f"This session is already training {self.run_dir.name} (one run at a time). "
-                            "Stop it or wait for it to finish.")
-        if not _ONE_TRAINING.acquire(blocking=False):
-            raise BusyError("A training run is already in progress on this server (one at a time, for every "
-                            "session). Try again when it finishes.")
-
-    def _new_run_dir(self, method: str) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir, suffix = self.runs_dir / f"{stamp}-{method}", 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = self.runs_dir / f"{stamp}-{method}-{suffix}"
-        mark_run(run_dir)  # a run folder with no step yet, which the Trainer may start in
-        return run_dir
-
-    def _launch(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
-        """Start the thread, which owns the lock from then on (it releases it whatever happens)."""
-        self.run_dir, self.state, self.phase, self.error = run_dir, "loading", "loading the model", ""
-        self.teacher_check, self.advice, self._records = "", {}, []
-        self._first_step = json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["step"] \
-            if resume else 0
-        self._steps = config.train.steps
-        self._started = self._last_step_at = time.time()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(run_dir, config, examples, resume),
-                                        name="sdft-kit-training", daemon=True)
-        self._thread.start()
-
-    def _run(self, run_dir: Path, config: Config, examples: list[Example], resume: bool) -> None:
-        from .driver import train
-        from .trainer import Trainer
-
-        try:
-            trainer = Trainer(config, examples, run_dir, resume=resume)
-            self._records = load_records(run_dir)  # resume trims steps logged after the checkpoint
-            outcome = train(trainer, check=not resume, progress=False, stop=self._stop, on_phase=self._on_phase,
-                            on_check=self._on_check, on_record=self._on_record)
-            self.state = "stopped" if outcome.stopped else "done"
-        except Exception as err:  # shown on the page; the app stays usable
-            self.state, self.error = "failed", f"{type(err).__name__}: {err}"
-            if not resume and not (run_dir / "metrics.jsonl").exists():  # nothing trained: keep no copy of the data
-                shutil.rmtree(run_dir, ignore_errors=True)
-                self.runs.remove(run_dir.name)
-                self.error += " (nothing was trained; the run folder was removed)"
-        finally:
-            _ONE_TRAINING.release()
-
-    def _on_phase(self, phase: str) -> None:
-        if phase == "training":
-            self.state, self._last_step_at = "training", time.time()
-        else:  # the teacher check: the page shows the phase instead of a bar
-            self.phase = phase
-
-    def _on_check(self, check) -> None:
-        self.teacher_check, self.advice = check.summary(), check.settings  # shown under the status line
-
-    def _on_record(self, record: StepRecord) -> None:
-        self._records = self._records + [record]
-        self._last_step_at = time.time()
+            config = Config.load(path, base=preset(preset_name))
+        except ValueError as err:
+            raise ValueError(str(err).replace(str(path), UPLOADED_CONFIG)) from None
+    base = preset(preset_name).to_dict()
+    ignored = [f.name for section, f in fields_by_section() if f.name not in table
+               and config.to_dict()[section][f.name] != base[section][f.name]]
+    return setting_values(config, table), ignored
 
 
 def run_config(run_dir: Path) -> Config:
@@ -444,7 +348,7 @@ def _chat_model(model: str, run_dir: Path | None):
 
 
 def chat_answer(messages: list[dict], *, model: str = "embedded", run_dir: Path | None = None,
-                demonstration: str | None = None, template: str = TEMPLATES["paper"], max_new_tokens: int = 96,
+                demonstration: str | None = None, template: str = "system", max_new_tokens: int = 96,
                 temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                 stop: tuple[str, ...] = ()) -> Iterator[str]:
     """The answer to a conversation (ending with a user turn) as it grows, from the base model, a run's
@@ -461,3 +365,45 @@ def chat_answer(messages: list[dict], *, model: str = "embedded", run_dir: Path 
     loaded, tokenizer = _chat_model(model, run_dir)
     yield from stream_chat(loaded, tokenizer, messages, max_new_tokens, temperature=temperature, top_p=top_p,
                            repetition_penalty=repetition_penalty, stop=stop)
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    """The Preset menu: (title, name) of each of config.PRESETS."""
+    return [(PRESET_TITLES.get(name, name), name) for name in PRESETS]
+
+
+# -- the teacher check, in words -------------------------------------------------------------
+def _quality(result) -> str:
+    measure, student, teacher = result.quality()
+    if teacher is None:
+        return "not measured"
+    return f"{student:.0%} → {teacher:.0%}" if measure == "accuracy" else f"{student:.2f} → {teacher:.2f}"
+
+
+def check_text(check) -> str:
+    """The teacher check (check.TeacherCheck) as the status shows it: the verdict with the template that
+    teaches best, each template's verdict and answer quality, then the advice, in words."""
+    measure = "accuracy" if check.scorer else "ROUGE-L F1"
+    rows = " · ".join(f"{r.template} {r.verdict.upper()} ({_quality(r)})" for r in check.results)
+    which = f"the template '{check.best}'" + (f", best of {len(check.results)}" if len(check.results) > 1 else "")
+    text = (f"**Teacher check: {check.verdict.upper()}** with {which} ({check.records} records, "
+            f"{check.seconds:.0f} s). How close greedy answers come to the demonstrations ({measure}), from the "
+            f"question alone → with the demonstration in context: {rows}.")
+    return text + "".join(f"\n- {line}" for line in check.advice)
+
+
+def advice_for(check, config: Config) -> dict:
+    """The settings the check advises (check.settings) that the run's config does not have already."""
+    from .check import template_label
+
+    current = {name: value for section in config.to_dict().values() for name, value in section.items()}
+    current["template"] = template_label(config.teacher.template) if template_label(config.teacher.template) \
+        != "custom" else config.teacher.template
+    return {name: value for name, value in (check.settings or {}).items() if current.get(name) != value}
+
+
+def advice_label(advice: dict) -> str:
+    """The Apply button's words: 'Use the teacher check's advice: template 'system', skip first tokens 14'."""
+    return "Use the teacher check's advice: " + ", ".join(
+        f"{LABELS.get(name, name).lower()} '{value}'" if isinstance(value, str) else
+        f"{LABELS.get(name, name).lower()} {value}" for name, value in advice.items())

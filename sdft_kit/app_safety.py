@@ -5,6 +5,8 @@
     check_exposure(...)  refuse to serve beyond this machine without a login, unless --no-auth says so
     make_export_dir()    a temporary folder for the zips the app hands out, named by this process;
                          folders left by processes that are gone are removed first
+    BrowserCookie        ASGI middleware: a random, long-lived cookie naming each browser, so that without
+                         logins a reload (a new page session) still finds its runs (app_runs.owner_key)
 
 `app.py` passes the logins to gradio's own auth; the page checks every model name and
 setting against `Limits` on the server, whatever a browser or an API client sends.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -140,3 +143,46 @@ def make_export_dir(temp_dir: str | Path | None = None) -> Path:
     """A fresh folder for this process's exports (sdft-kit-export-<pid>-...), after removing stale ones."""
     remove_stale_exports(temp_dir)
     return Path(tempfile.mkdtemp(prefix=f"{EXPORT_PREFIX}{os.getpid()}-", dir=temp_dir))
+
+
+# -- who a browser is, without logins -------------------------------------------------------
+COOKIE = "sdft-kit-browser"
+COOKIE_MAX_AGE = 180 * 86_400
+
+
+def cookie_value(header: str, name: str = COOKIE) -> str | None:
+    """The value of cookie `name` in a Cookie header, or None."""
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value
+    return None
+
+
+class BrowserCookie:
+    """ASGI middleware on gradio's app: a request without our cookie gets a random one (HttpOnly, SameSite=Lax,
+    180 days), set on the response and already visible to this request. The page's requests then carry it, so
+    the app knows a browser across reloads. It names a browser, it does not log anyone in: with logins
+    (gradio's auth) the login owns the runs."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = list(scope.get("headers") or [])
+        cookie = b"; ".join(value for key, value in headers if key == b"cookie").decode("latin-1")
+        if cookie_value(cookie) is not None:
+            return await self.app(scope, receive, send)
+        value = secrets.token_urlsafe(24)
+        joined = (cookie + "; " if cookie else "") + f"{COOKIE}={value}"
+        scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"cookie"] + [(b"cookie", joined.encode())]}
+        setting = f"{COOKIE}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax".encode()
+
+        async def send_with_cookie(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", setting)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)

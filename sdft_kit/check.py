@@ -27,13 +27,13 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .batch import mean_logprobs
 from .generation import TooLong, generate_text, prompt_tokens, require_fit
-from .config import TEMPLATES
+from .config import TEMPLATES, flag
 from .data import Example
 from .demos import student_prompt, teacher_prompt
 from .evaluate import parse_tool_call
@@ -60,6 +60,7 @@ COPY_WORDS = 12  # a copy is the whole demonstration, or 12 words of it in a row
 MIN_COPY_WORDS = 5  # shorter demonstrations are too generic to call a copy
 
 Scorer = Callable[[str, Example], bool]
+Progress = Callable[[int, int], None]  # (greedy answers done, answers in all): what takes the check's time
 
 
 def exact_scorer(answer: str, example: Example) -> bool:
@@ -238,8 +239,8 @@ def judge(r: TemplateResult, skip_first: int = 3) -> tuple[str, list[str]]:
     else:
         verdict = "not ready"
     advice = []
-    larger = ("a larger model (e.g. --model Qwen/Qwen3-4B, 4-bit on a GPU: the paper found 3B-class models "
-              "too weak to teach themselves)")
+    larger = ("a larger model (e.g. Qwen/Qwen3-4B, 4-bit on a GPU: the paper found 3B-class models too weak "
+              "to teach themselves)")
     if not good_answers and teacher is not None:
         need = (f"{READY_ACCURACY:.0%} and {READY_ACCURACY_LIFT * 100:.0f} points more" if measure == "accuracy"
                 else f"{READY_SIMILARITY:.2f} and +{READY_SIMILARITY_LIFT:.2f}")
@@ -253,15 +254,17 @@ def judge(r: TemplateResult, skip_first: int = 3) -> tuple[str, list[str]]:
         advice.append(f"Another record's demonstration lifts the teacher almost as much ({r.control_gain:+.2f} vs "
                       f"{r.gain:+.2f} nats/token): it reads the demonstrations' format, not their content.")
     if r.echo_rate >= MAX_ECHO:
-        fixes = [] if r.template == "plain" else ["--template plain (it adds no words to echo)"]
+        fixes = [] if r.template == "plain" else ["the template 'plain' (it adds no words to echo)"]
         if r.echo_tokens > skip_first:
-            fixes.append(f"--skip-first {r.echo_tokens} (now {skip_first}) so the loss skips the echoed tokens")
+            fixes.append(f"skipping the first {r.echo_tokens} answer tokens in the loss (skip_first {r.echo_tokens}, "
+                         f"now {skip_first}) so it leaves out the echoed ones")
         advice.append(f"{r.echo_rate:.0%} of teacher answers open by echoing the template's words, a leak the "
                       f"student would learn" + (": try " + ", or ".join(fixes) if fixes else "") + ".")
     if r.copy_rate >= COPY_NOTE:
         advice.append(f"{r.copy_rate:.0%} of teacher answers copy the demonstration: expected with demo_selection "
                       "'own' (the teacher sees the answer), and it pulls the student towards the demonstration's "
-                      "wording, much like SFT. For answers in the teacher's own words try --demo-selection retrieval.")
+                      "wording, much like SFT. For answers in the teacher's own words try showing the most similar "
+                      "other record's demonstration (demo_selection 'retrieval').")
     return verdict, advice
 
 
@@ -303,6 +306,17 @@ class TeacherCheck:
         return {**asdict(self), "results": [{**asdict(r), "gain": r.gain, "control_gain": r.control_gain,
                                              "share_better": r.share_better} for r in self.results]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> TeacherCheck:
+        """The check `to_dict` wrote (a run's teacher_check.json), e.g. to show its verdict again."""
+        derived = ("gain", "control_gain", "share_better")
+        results = [TemplateResult(**{k: v for k, v in r.items() if k not in derived}) for r in data["results"]]
+        return cls(**{**data, "results": results})
+
+    @classmethod
+    def load(cls, path: str | Path) -> TeacherCheck:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +351,9 @@ class TeacherCheck:
                          f"{r.copy_rate:7.0%}   {_quality_text(r, named=False)}")
         best = f" (template '{self.best}'" + (" teaches best)" if len(self.results) > 1 else ")")
         lines += [f"verdict: {self.verdict.upper()}{best}", *(f"  - {line}" for line in self.advice)]
+        if self.settings:
+            lines.append("  settings that take the advice: " + " ".join(
+                f"{flag(name)} {value}" for name, value in self.settings.items()))
         lines.append("  (control: the log-prob gain when the teacher is shown another record's demonstration; "
                      + ("READY needs accuracy >= "
                         f"{READY_ACCURACY:.0%} and +{READY_ACCURACY_LIFT * 100:.0f} points)" if self.scorer else
@@ -345,11 +362,12 @@ class TeacherCheck:
         return "\n".join(lines)
 
 
-def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bar) -> list[str]:
+def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+             advance: Callable[[int], None]) -> list[str]:
     answers = []
     for i in range(0, len(prompts), batch_size):
         answers += generate_text(model, tokenizer, prompts[i:i + batch_size], max_new_tokens)
-        bar.update(len(prompts[i:i + batch_size]))
+        advance(len(prompts[i:i + batch_size]))
     return answers
 
 
@@ -382,7 +400,8 @@ def _figures(template: str, rows: list[dict], echo_tokens: int) -> TemplateResul
 
 def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple[str, ...] | list[str] = tuple(TEMPLATES),
                   n: int = 32, max_new_tokens: int = 48, scorer: Scorer | str | None = None, seed: int = 0,
-                  batch_size: int = 8, skip_first: int = 3, progress: bool = True) -> TeacherCheck:
+                  batch_size: int = 8, skip_first: int = 3, progress: bool = True,
+                  on_progress: Progress | None = None) -> TeacherCheck:
     """Check on up to `n` records (a seeded sample) how well the model teaches itself.
 
     templates: names from TEMPLATES or template texts, compared on the same records
@@ -392,6 +411,7 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
     batch_size: prompts per greedy rollout and per teacher-forced pass.
     skip_first: the loss's current skip, for the advice.
     progress: a progress bar (tqdm) over the greedy answers, which take most of the time.
+    on_progress: told (answers done, answers in all) after each batch of greedy answers (the app's time left).
     The model is used as given (with a fresh LoRA adapter it computes as the base model),
     with each record's own demonstration in the teacher prompt, whatever demo_selection training uses.
     The control shows record i the demonstration of the next sampled record (none with one record).
@@ -411,10 +431,19 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
               for position, t in enumerate(templates, start=1)]
     _require_fit(model, tokenizer, picked, others, templates, max_new_tokens, labels)
     bar = tqdm(total=len(picked) * (1 + len(templates)), desc="teacher check", unit="answer", disable=not progress)
+    done = 0
+
+    def advance(answers: int) -> None:
+        nonlocal done
+        done += answers
+        bar.update(answers)
+        if on_progress is not None:
+            on_progress(done, len(picked) * (1 + len(templates)))
+
     with eval_mode(model):
         student_prompts = [student_prompt(tokenizer, ex) for ex in picked]
         student_lp = mean_logprobs(model, tokenizer, student_prompts, demos, batch_size=batch_size)
-        student_answers = _answers(model, tokenizer, student_prompts, max_new_tokens, batch_size, bar)
+        student_answers = _answers(model, tokenizer, student_prompts, max_new_tokens, batch_size, advance)
         results = []
         for position, template in enumerate(templates, start=1):
             prompts = [teacher_prompt(tokenizer, ex, [ex.demonstration], template) for ex in picked]
@@ -424,7 +453,7 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
                 control_lp = mean_logprobs(model, tokenizer, [teacher_prompt(tokenizer, ex, [other], template)
                                                               for ex, other in zip(picked, others)],
                                            demos, batch_size=batch_size)
-            answers = _answers(model, tokenizer, prompts, max_new_tokens, batch_size, bar)
+            answers = _answers(model, tokenizer, prompts, max_new_tokens, batch_size, advance)
             spans = [echo_span(a, template) for a in answers]
             rows = [{"source": ex.source, "prompt": ex.prompt, "student_logprob": s, "teacher_logprob": t,
                      "control_logprob": c, "student_answer": sa, "teacher_answer": a,
@@ -446,7 +475,7 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
     advice = list(best.advice)
     if len(results) > 1:
         advice.insert(0, f"Template '{best.template}' teaches best on this sample"
-                         + (f": train with --template {best.template}." if best.template in TEMPLATES else "."))
+                         + (": train with it." if best.template in TEMPLATES else "."))
     settings = advised_settings(best, skip_first, compared=len(results) > 1)
     if len(results) > 1 and best.template in TEMPLATES:
         settings = {"template": best.template, **settings}
@@ -456,8 +485,10 @@ def check_teacher(model, tokenizer, examples: list[Example], *, templates: tuple
                         seconds=round(time.perf_counter() - start, 2), settings=settings)
 
 
-def quick_check(trainer, progress: bool = True) -> TeacherCheck | None:
-    """The short check run before SDFT training (CLI and app): 8 records, the run's template.
+def quick_check(trainer, progress: bool = True, templates: Sequence[str] = (),
+                on_progress: Progress | None = None) -> TeacherCheck | None:
+    """The short check run before SDFT training (CLI and app): 8 records, the run's template, and also
+    `templates` to compare it with (the app passes every named template, so its advice can name the best).
 
     Runs on the trainer's fresh adapter (a no-op, so this is the base model as teacher)
     and saves teacher_check.json in the run directory, if there is one. A sampled record whose teacher
@@ -465,10 +496,13 @@ def quick_check(trainer, progress: bool = True) -> TeacherCheck | None:
     skips the check, with a warning: it advises, and must not stop a run that can train.
     """
     config = trainer.config
+    own = config.teacher.template
+    own = own if template_label(own) == "custom" else template_label(own)  # a named template's text: its name
+    compared = list(dict.fromkeys([*templates, own]))
     try:
-        check = check_teacher(trainer.model, trainer.tokenizer, trainer.examples, templates=[config.teacher.template],
+        check = check_teacher(trainer.model, trainer.tokenizer, trainer.examples, templates=compared,
                               n=8, max_new_tokens=min(32, config.rollout.max_new_tokens), seed=config.train.seed,
-                              skip_first=config.loss.skip_first, progress=progress)
+                              skip_first=config.loss.skip_first, progress=progress, on_progress=on_progress)
     except TooLong as err:
         warnings.warn(f"the teacher check was skipped: {err}")
         return None

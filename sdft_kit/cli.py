@@ -556,7 +556,9 @@ def make_parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", help="upload an adapter (or export) folder to the Hugging Face Hub")
     push.add_argument("--adapter", required=True, help="folder: a run's adapter/ or an `sdft-kit export` folder")
     push.add_argument("--repo", required=True, help="model repo id, e.g. your-name/my-sdft-adapter (created if new)")
-    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--public", dest="private", action="store_false",
+                      help="create the repo public (default: private, as the app's push; a repo that exists keeps "
+                           "its visibility)")
     push.set_defaults(func=cmd_push)
     return parser
 

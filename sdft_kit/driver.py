@@ -152,23 +152,26 @@ def stop_on_ctrl_c(trainer: Trainer, say: Callable[[str], None]) -> Iterator[Non
             signal.signal(sig, handler)
 
 
-def train(trainer: Trainer, *, check: bool = False, progress: bool = True, echo: bool = False,
+def train(trainer: Trainer, *, check: bool | Sequence[str] = False, progress: bool = True, echo: bool = False,
           stop: threading.Event | None = None, catch_signals: bool = False, instruments: Sequence[Instrument] = (),
-          tracker_name: str | None = None, on_phase: Callable[[str], None] | None = None,
+          tracker_name: str | None = None, tracker_project: str | None = None, on_phase: Callable[[str], None] | None = None,
           on_check: Callable[[TeacherCheck], None] | None = None,
+          on_check_progress: Callable[[int, int], None] | None = None,
           on_record: Callable[[StepRecord], None] | None = None) -> Outcome:
     """Drive a run to its end (or its stop) and say how it ended.
 
     check: run the quick teacher check before step 1 of a new run of a method with a teacher (its result
-        goes to `on_check` and the Outcome, and to the run directory's teacher_check.json).
+        goes to `on_check` and the Outcome, and to the run directory's teacher_check.json); a list of
+        templates compares them with the run's own (the check then names the best).
     progress: a tqdm bar (stderr in a terminal, a widget in a notebook) with elapsed < remaining.
     echo: print the check's verdict and one line per step on stdout, above the bar.
     stop: an Event another thread sets to stop after the step under way (the app's Stop).
     catch_signals: Ctrl-C (SIGINT, SIGTERM) stops after the step under way, with a checkpoint.
     instruments: functions run after every step whose results are added to the record (see the module).
-    tracker_name: the tracker's run name (default: the run directory's name); config.train.report_to picks it.
+    tracker_name, tracker_project: the tracker's run name (default: the run directory's name) and project
+        (default "sdft-kit"); config.train.report_to picks the tracker.
     on_phase, on_check, on_record: told of each phase ("checking the teacher", "training"), of the check's
-        result and of each record, as they happen.
+        result and of each record, as they happen; on_check_progress of the check's (answers done, in all).
     """
     from tqdm.auto import tqdm
 
@@ -191,12 +194,14 @@ def train(trainer: Trainer, *, check: bool = False, progress: bool = True, echo:
         if on_phase is not None:
             on_phase(text)
 
-    if check and trainer.method.uses_teacher and trainer.step == 0 and main:
+    stopped = stop is not None and stop.is_set()  # a stop while the model loaded: no check, no step
+    if check and trainer.method.uses_teacher and trainer.step == 0 and main and not stopped:
         from .check import quick_check
 
         phase("checking the teacher")
-        outcome.check = quick_check(trainer, progress=progress)  # None: skipped (a record too long for it)
-        if outcome.check is not None:
+        templates = () if isinstance(check, bool) else tuple(check)
+        outcome.check = quick_check(trainer, progress=progress, templates=templates, on_progress=on_check_progress)
+        if outcome.check is not None:  # None: skipped (a record too long for it)
             saved = f" (saved to {trainer.out_dir / 'teacher_check.json'})" if trainer.out_dir is not None else ""
             say(outcome.check.summary() + saved + "\n")
             if on_check is not None:
@@ -206,7 +211,8 @@ def train(trainer: Trainer, *, check: bool = False, progress: bool = True, echo:
     phase("training")
     tracked = config if main else config.replace(report_to="none")
     signals = stop_on_ctrl_c(trainer, warn) if catch_signals else contextlib.nullcontext()
-    with signals, open_tracker(tracked, trainer.out_dir, name=tracker_name, resume=trainer.step > 0) as tracker, \
+    tracker = open_tracker(tracked, trainer.out_dir, name=tracker_name, resume=trainer.step > 0, project=tracker_project)
+    with signals, tracker, \
             tqdm(total=config.train.steps, initial=trainer.step, desc=trainer.method.title, unit="step",
                  file=sys.stderr, dynamic_ncols=True, disable=not (progress and main)) as bar:
         for record in tracker.track(steps(trainer, instruments)):

@@ -127,14 +127,14 @@ def _stdout_to_stderr():
 class TrackioTracker(Tracker):
     name = "trackio"
 
-    def __init__(self, run_name: str, config: dict, resume: bool):
+    def __init__(self, run_name: str, config: dict, resume: bool, project: str = PROJECT):
         super().__init__()
         import trackio
 
         self.trackio = trackio
         with _stdout_to_stderr():
             # embed=False: no dashboard server started inside a notebook; `trackio show` opens one.
-            self.run = trackio.init(project=PROJECT, name=run_name, config=config, embed=False,
+            self.run = trackio.init(project=project, name=run_name, config=config, embed=False,
                                     resume="allow" if resume else "never")
 
     def _log(self, step, values, rows):
@@ -187,12 +187,12 @@ class TensorBoardTracker(Tracker):
 class WandbTracker(Tracker):
     name = "wandb"
 
-    def __init__(self, run_name: str, config: dict, run_dir: Path | None, resume: bool):
+    def __init__(self, run_name: str, config: dict, run_dir: Path | None, resume: bool, project: str = PROJECT):
         super().__init__()
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project=PROJECT, name=run_name, config=config,
+        self.run = wandb.init(project=project, name=run_name, config=config,
                               dir=str(run_dir) if run_dir else None, resume="allow" if resume else None)
 
     def _log(self, step, values, rows):
@@ -207,8 +207,9 @@ class WandbTracker(Tracker):
 
 
 def open_tracker(config: Config, run_dir: str | Path | None = None, *, name: str | None = None,
-                 resume: bool = False) -> Tracker:
-    """The tracker `config.train.report_to` names, started for one run (named after run_dir unless `name`).
+                 resume: bool = False, project: str | None = None) -> Tracker:
+    """The tracker `config.train.report_to` names, started for one run (named after run_dir unless `name`),
+    in `project` (trackio, wandb; default "sdft-kit": the app gives each login its own).
 
     Raises RuntimeError with the install command when the tracker's library is missing, before
     any model is loaded if called first. TensorBoard needs a run directory (it writes there)."""
@@ -218,9 +219,9 @@ def open_tracker(config: Config, run_dir: str | Path | None = None, *, name: str
     run_dir = Path(run_dir) if run_dir is not None else None
     run_name = name or (run_dir.name if run_dir is not None else None)
     if report_to == "trackio":
-        return TrackioTracker(run_name, config.to_dict(), resume)
+        return TrackioTracker(run_name, config.to_dict(), resume, project or PROJECT)
     if report_to == "wandb":
-        return WandbTracker(run_name, config.to_dict(), run_dir, resume)
+        return WandbTracker(run_name, config.to_dict(), run_dir, resume, project or PROJECT)
     if run_dir is None:
         raise ValueError("report_to='tensorboard' writes into the run directory: give one (out_dir)")
     return TensorBoardTracker(run_dir / "tensorboard")

@@ -86,6 +86,14 @@ def _number(x) -> float:
     return float("nan") if x is None else float(x)
 
 
+def probability_text(p: float) -> str:
+    """A probability as people read it: 4 decimals, or 2 significant digits in scientific notation below 0.001
+    (3.2e-06, not 0.0000)."""
+    if not math.isfinite(p):
+        return "–"
+    return f"{p:.4f}" if p >= 1e-3 or p == 0 else f"{p:.1e}"
+
+
 def topk_entropy(topk: list) -> float:
     """Entropy (nats) of a top-k list, with the mass outside it (1 - sum) as one more outcome.
 
@@ -223,8 +231,8 @@ def token_strip(record: StepRecord, metric: str | None = None, selected: int | N
     teacher_p = [math.exp(_number(lp)) for lp in sample["teacher_logprob"]] if sample.get("teacher_logprob") else None
     in_loss = sample.get("in_loss") or [1] * len(tokens)
     hover = [f"#{i} <b>{escaped(shown[i]) or 'a byte-level piece of the next character'}</b>"
-             f"<br>student p = {student_p[i]:.4f}"
-             + (f"<br>teacher p = {teacher_p[i]:.4f}" if teacher_p else "<br>teacher p = – (SFT)")
+             f"<br>student p = {probability_text(student_p[i])}"
+             + (f"<br>teacher p = {probability_text(teacher_p[i])}" if teacher_p else "<br>teacher p = – (SFT)")
              + f"<br>{label} = {values[i]:.4f}" + ("" if in_loss[i] else "<br><i>not in the loss</i>")
              for i in range(len(tokens))]
     fig = go.Figure(go.Bar(
@@ -256,13 +264,20 @@ def token_strip(record: StepRecord, metric: str | None = None, selected: int | N
     return fig
 
 
+READABLE_P = 1e-3  # a probability this small reads as noise in the top-k bars: start elsewhere
+
+
 def loudest_token(record: StepRecord, metric: str) -> int:
-    """The position with the largest finite |value| of `metric`: where to look first."""
+    """Where to look first: the position with the largest finite |value| of `metric` among the tokens that
+    both models give at least READABLE_P (their bars and probabilities can be read); any position if none."""
     sample = record.get("sample") or {}
     if not sample.get("tokens"):
         return 0
     values = token_values(sample, metric)
-    return max(range(len(values)), key=lambda i: abs(values[i]) if math.isfinite(values[i]) else -1.0)
+    models = [sample["student_logprob"]] + ([sample["teacher_logprob"]] if sample.get("teacher_logprob") else [])
+    readable = [i for i in range(len(values))
+                if all(math.exp(_number(logprobs[i])) >= READABLE_P for logprobs in models)]
+    return max(readable or range(len(values)), key=lambda i: abs(values[i]) if math.isfinite(values[i]) else -1.0)
 
 
 # -- token detail ----------------------------------------------------------------------------
@@ -276,7 +291,7 @@ def _topk_bars(topk: list, sampled: str, other: set[str]) -> go.Bar:
                   text=[f"{float(p):.3f}" for _, p in topk], textposition="outside", cliponaxis=False,
                   marker=dict(color=colours, line=dict(color=["#111" if t == sampled else "rgba(0,0,0,0)"
                                                                for t in names], width=2)),
-                  hovertext=[f"{escaped(display_token(t))}: p = {float(p):.4f}" for t, p in topk],
+                  hovertext=[f"{escaped(display_token(t))}: p = {probability_text(float(p))}" for t, p in topk],
                   hoverinfo="text", showlegend=False)
 
 
@@ -301,13 +316,13 @@ def token_detail(record: StepRecord, position: int) -> go.Figure:
     what = "sampled" if teacher is not None else "demonstration"
     shown = display_pieces(sample)
     name = shown[position] or "a piece of " + next((piece for piece in shown[position:] if piece), "a character")
-    title = f"token #{position}: {what} <b>{escaped(name)}</b> · student p = {student_p:.4f}"
+    title = f"token #{position}: {what} <b>{escaped(name)}</b> · student p = {probability_text(student_p)}"
     if teacher is None:
         fig = make_subplots(rows=1, cols=1, subplot_titles=["student top-k (SFT: no teacher)"])
         fig.add_trace(_topk_bars(student, sampled, set()), row=1, col=1)
     else:
         teacher_p = math.exp(_number(sample["teacher_logprob"][position]))
-        title += f" · teacher p = {teacher_p:.4f}"
+        title += f" · teacher p = {probability_text(teacher_p)}"
         fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.22,
                             subplot_titles=["student (query only)", "teacher (query + demonstration)"])
         fig.add_trace(_topk_bars(student, sampled, {t for t, _ in teacher}), row=1, col=1)
@@ -396,8 +411,10 @@ def curves(*runs: list[StepRecord], names: list[str] | None = None, weight: floa
         fig.update_yaxes(range=[0, 1.03], title_text="score (0-1)", row=1, col=3)
     last_step = max((r["step"] for records in runs for r in records), default=1)
     fig.update_xaxes(title_text="step", dtick=max(1, math.ceil(last_step / 10)))  # whole steps only
-    fig.update_layout(template="plotly_white", height=340, margin=dict(l=50, r=20, t=60, b=50),
-                      legend=dict(orientation="h", y=1.2, x=0, xanchor="left"))
+    # The legend goes under the plots: above them it sits where a UI puts the component's label (gradio's
+    # Plot), and the subplot titles are there already.
+    fig.update_layout(template="plotly_white", height=380, margin=dict(l=50, r=20, t=40, b=90),
+                      legend=dict(orientation="h", y=-0.22, yanchor="top", x=0, xanchor="left"))
     return fig
 
 

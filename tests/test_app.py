@@ -11,14 +11,15 @@ import pytest
 
 from sdft_kit import app_data
 from sdft_kit import app_logic as logic
-from sdft_kit.app_safety import (EXPORT_PREFIX, Limits, check_exposure, make_export_dir, read_logins,
-                                 remove_stale_exports)
+from sdft_kit.app_runs import Trainings
+from sdft_kit.app_safety import (COOKIE, EXPORT_PREFIX, BrowserCookie, Limits, check_exposure, cookie_value,
+                                 make_export_dir, read_logins, remove_stale_exports)
 from sdft_kit.cli import build_config, make_parser
-from sdft_kit.config import PLAIN_TEMPLATE, Config
-from sdft_kit.data import SAMPLES_DIR, DataError, load_examples
+from sdft_kit.config import PAPER_TEMPLATE, PLAIN_TEMPLATE, Config, fields_by_section, preset
+from sdft_kit.data import SAMPLES_DIR, DataError
 
 SAMPLE = SAMPLES_DIR / "demo.jsonl"
-TINY = dict(steps=2, batch_size=2, max_new_tokens=8, threads=1, teacher="base")
+TINY = dict(steps=2, batch_size=2, max_new_tokens=8, threads=1, teacher="base", report_to="none")
 SFT = dict(TINY, method="sft")  # no teacher check, no rollout: the quickest real training
 
 
@@ -100,9 +101,12 @@ def test_preview_shows_the_prompts_as_the_model_sees_them_within_a_bounded_size(
     row = rows[1]
     assert "What is 7 plus 5?" in row["student_prompt"] and "Answer: 7 plus 5 is 12." not in row["student_prompt"]
     assert "<|im_start|>assistant" in row["student_prompt"]  # the chat template is applied
-    assert "This is an example for a response to the question:\nAnswer: 7 plus 5 is 12." in row["teacher_prompt"]
+    # the teacher's prompt in the run's template: the default 'system' framing, or the one the Train tab picks
+    assert "good response to the user's next question:\nAnswer: 7 plus 5 is 12." in row["teacher_prompt"]
+    paper = app_data.preview_rows(examples, tokenizer, Config().replace(template="paper"), n=2)[1]
+    assert "This is an example for a response to the question:\nAnswer: 7 plus 5 is 12." in paper["teacher_prompt"]
     assert row["student_tokens"] == len(tokenizer(row["student_prompt"], add_special_tokens=False).input_ids)
-    assert row["teacher_tokens"] > row["student_tokens"] + row["demonstration_tokens"]
+    assert paper["teacher_tokens"] > paper["student_tokens"] + paper["demonstration_tokens"]
     # a long record is counted whole but shown cut: the preview's size is bounded whatever the data
     long = app_data.parse_upload(json.dumps({"prompt": "word " * 6000, "demonstration": "ok"}).encode())
     row = app_data.preview_rows(long, tokenizer)[0]
@@ -140,18 +144,50 @@ def test_data_statistics_pages_and_the_editor():
     assert len(app_data.edit_example(examples, 0, "Q" * 1998, "A.", max_record_chars=2000)) == 25
 
 
+LIMITS = dict(models=("embedded",), max_steps=500, max_batch_size=16, max_new_tokens=512, cuda=False, cpus=2)
+
+
+def test_settings_are_generated_from_the_config_fields():
+    """Each setting is a config field's, from its metadata: choices, type, bounds and help text; the app's own
+    tables only place them, word a few of them, and add its own two (the custom template, the held-out share)."""
+    table = logic.settings_table(**LIMITS)
+    fields = {f.name: f for _, f in fields_by_section()}
+    assert list(table) == [*logic.SHOWN["main"], *logic.SHOWN["advanced"]]
+    for name, setting in table.items():
+        if name in logic.APP_OWN:
+            continue
+        f = fields[name]
+        assert setting.label and (setting.info == logic.INFO.get(name, f.metadata["help"]) or name == "load_in_4bit")
+        if f.metadata["choices"]:
+            assert setting.kind == "choice" and setting.choices == tuple(f.metadata["choices"])
+        elif isinstance(f.default, bool) or f.default is None:
+            assert setting.kind == "switch"
+        elif isinstance(f.default, int):
+            assert setting.kind == "integer" and setting.minimum >= f.metadata["bounds"].get(">=", setting.minimum)
+    assert table["method"].choices == ("sdft", "sft") and table["alpha"].kind == "number"
+    assert (table["alpha"].minimum, table["alpha"].maximum) == (0, 1)  # the loss field's bounds
+    assert (table["steps"].maximum, table["batch_size"].maximum, table["max_new_tokens"].maximum) == (500, 16, 512)
+    assert table["template"].choices == ("paper", "plain", "system", "custom")
+    assert table["model"].choices == ("embedded",) and not table["load_in_4bit"].enabled  # no CUDA here
+    # a field the app does not show keeps its preset's value: listed nowhere but SHOWN
+    assert "temperature" not in table and "trust_remote_code" not in table
+
+
 def test_settings_make_a_config_and_the_command_rebuilds_it():
-    config = logic.make_config(model="embedded", load_in_4bit=None, method="sft", steps=7, learning_rate=1e-3,
-                               lora_r=8, max_new_tokens=32, batch_size=2, teacher="base", divergence="reverse KL",
-                               vocab="topk", topk=50, template="custom", custom_template="Q: {prompt} -- e.g. "
-                               "{demonstration}", skip_first=5, demo_selection="retrieval", threads=1)
-    assert (config.train.method, config.train.steps, config.model.lora_r) == ("sft", 7, 8)
+    table = logic.settings_table(**LIMITS)
+    for name in ("default", "workshop", "paper"):  # settings <-> config, for every preset
+        config = preset(name)
+        assert logic.config_of(name, logic.setting_values(config, table), table) == config
+    config = logic.make_config("workshop", model=" embedded ", method="sft", steps=7, learning_rate=1e-3, lora_r=8,
+                               alpha=1.0, vocab="topk", topk=50, template="custom",
+                               custom_template="Q: {prompt} -- e.g. {demonstration}", skip_first=5,
+                               demo_selection="retrieval", held_out=20)
+    assert (config.train.method, config.train.steps, config.model.lora_r, config.train.batch_size) == ("sft", 7, 8, 2)
     assert (config.loss.alpha, config.loss.vocab, config.loss.topk, config.loss.skip_first) == (1.0, "topk", 50, 5)
     assert (config.teacher.template, config.teacher.demo_selection) == ("Q: {prompt} -- e.g. {demonstration}",
                                                                         "retrieval")
-    assert logic.make_config(template="paper").teacher.template == Config().teacher.template
     assert logic.make_config(template="plain").teacher.template == "plain"
-    assert logic.template_setting(Config().teacher.template) == ("paper", "")
+    assert logic.template_setting(PAPER_TEMPLATE) == ("paper", "")
     assert logic.template_setting(PLAIN_TEMPLATE) == ("plain", "")
     assert logic.template_setting("A {prompt} B {demonstration}") == ("custom", "A {prompt} B {demonstration}")
     # the teacher check's advice, as the settings one click sets (check.advised_settings' fields)
@@ -161,24 +197,74 @@ def test_settings_make_a_config_and_the_command_rebuilds_it():
     applied = logic.make_config(**values)
     assert (applied.teacher.template, applied.loss.skip_first, applied.teacher.demo_selection) == (
         "plain", 14, "retrieval")
+    assert logic.advice_label(advice) == ("Use the teacher check's advice: teacher template 'plain', skip first "
+                                          "tokens 14, demonstration shown 'retrieval'")
     assert logic.advised_values({"template": "Q {prompt} A {demonstration}"}) == {
         "template": "custom", "custom_template": "Q {prompt} A {demonstration}"}
     assert logic.advised_values({}) == {}
     with pytest.raises(ValueError, match="steps must be >= 1"):
         logic.make_config(steps=0)
-    with pytest.raises(ValueError, match="divergence must be one of"):
-        logic.make_config(divergence="L2")
+    with pytest.raises(ValueError, match="alpha must be >= 0 and <= 1"):
+        logic.make_config(alpha=2.0)
     with pytest.raises(ValueError, match="template must contain {demonstration}"):
         logic.make_config(template="custom", custom_template="just {prompt}")
     config = config.replace(load_in_4bit=False)
-    command = logic.cli_command(config, data="my data.jsonl", out="runs/x")
-    assert command.startswith("sdft-kit train --data 'my data.jsonl' --out runs/x ")
-    assert "--no-load-in-4bit" in command and "--lora-r 8" in command and "--ema-rate" not in command
+    command = logic.cli_command(config, data="my data.jsonl", out="runs/x", preset_name="workshop")
+    assert command.startswith("sdft-kit train --data 'my data.jsonl' --out runs/x --preset workshop ")
+    assert "--no-load-in-4bit" in command and "--lora-r 8" in command and "--batch-size" not in command
     import shlex
 
     args = make_parser().parse_args(shlex.split(command)[1:])
-    assert build_config(args).to_dict() == config.to_dict()
+    assert build_config(args).to_dict() == config.to_dict()  # the command trains exactly this config
     assert logic.cli_command(Config()) == "sdft-kit train --data demos.jsonl --out runs/my-run"
+    assert logic.cli_command(preset("workshop"), preset_name="workshop").endswith("--preset workshop")
+
+
+def test_settings_save_as_the_clis_yaml_and_load_back(tmp_path):
+    table = logic.settings_table(**LIMITS)
+    config = logic.make_config("workshop", template="plain", steps=9, alpha=0.5, skip_first=2)
+    values, ignored = logic.load_settings_yaml(config.to_yaml().encode(), "workshop", table)
+    assert logic.config_of("workshop", values, table) == config and ignored == []
+    (tmp_path / "config.yaml").write_text(config.to_yaml())  # the same file the CLI reads
+    args = make_parser().parse_args(["train", "--data", "x", "--out", "y", "--config", str(tmp_path / "config.yaml")])
+    assert build_config(args) == config
+    # a partial file layers over the preset; fields the app does not show are named, not silently dropped
+    values, ignored = logic.load_settings_yaml(b"train:\n  steps: 4\nrollout:\n  temperature: 0.7\n", "paper", table)
+    assert values["steps"] == 4 and values["template"] == "paper" and ignored == ["temperature"]
+    with pytest.raises(ValueError, match=r"^uploaded config, line 3, column 1: not valid YAML"):
+        logic.load_settings_yaml(b"train:\n  steps: [4\n", "default", table)
+    with pytest.raises(ValueError, match="uploaded config: unknown field.*'stpes'"):
+        logic.load_settings_yaml(b"train:\n  stpes: 4\n", "default", table)
+
+
+def test_records_held_out_for_the_evaluate_tab():
+    examples = app_data.parse_upload(SAMPLE.read_bytes())
+    train, held = logic.split_held_out(examples, 15, seed=0)
+    sources = [ex.source for ex in train], [ex.source for ex in held]
+    assert (len(train), len(held)) == (20, 4) and sorted(sum(sources, []), key=lambda s: int(s.split()[-1])) == [
+        ex.source for ex in examples]  # apart, and every record in one of them
+    assert logic.split_held_out(examples, 15, seed=0) == (train, held)  # seeded
+    assert sources[0] == sorted(sources[0], key=lambda s: int(s.split()[-1]))  # in the data's order
+    assert logic.split_held_out(examples[:9], 15) == (examples[:9], [])  # too few records to spare any
+    assert logic.split_held_out(examples, 0) == (examples, [])
+    assert logic.held_out_count(10, 1) == 1
+
+
+def test_the_teacher_check_in_words():
+    from sdft_kit.check import TeacherCheck, TemplateResult
+
+    def result(template, verdict, teacher):
+        return TemplateResult(template, 8, -1.2, -0.6, 7, 0.0, 0.0, student_similarity=0.42,
+                              teacher_similarity=teacher, verdict=verdict)
+
+    check = TeacherCheck(8, 32, None, [result("paper", "weak", 0.33), result("system", "ready", 0.69)], "system",
+                         "ready", ["Template 'system' teaches best on this sample: train with it."], 41.0,
+                         {"template": "system"})
+    text = logic.check_text(check)
+    assert text.startswith("**Teacher check: READY** with the template 'system', best of 2 (8 records, 41 s).")
+    assert "paper WEAK (0.42 → 0.33) · system READY (0.42 → 0.69)" in text and "\n- Template 'system'" in text
+    assert logic.advice_for(check, preset("paper")) == {"template": "system"}
+    assert logic.advice_for(check, Config()) == {}  # the run had it already: no button
 
 
 def test_limits_bound_steps_sizes_and_models_with_one_message_for_any_model_not_allowed(tmp_path):
@@ -247,46 +333,17 @@ def test_export_folders_are_named_by_their_process_and_stale_ones_removed(tmp_pa
     assert remove_stale_exports(tmp_path) == []
 
 
-def _wait_for(condition, timeout=240):
-    start = time.time()
-    while not condition():
-        assert time.time() - start < timeout, "timed out"
-        time.sleep(0.2)
+def _trained_run(tmp_path, **settings):
+    trainings = Trainings(tmp_path / "runs")
+    job = trainings.start("login:ann", Config().replace(**{**SFT, "steps": 1, **settings}),
+                          app_data.parse_upload(SAMPLE.read_bytes()))
+    trainings.wait()
+    assert job.state == "done", trainings.status("login:ann").text
+    return job.run_dir
 
 
-def test_worker_trains_stops_resumes_and_exports(tmp_path):
-    examples = app_data.parse_upload(SAMPLE.read_bytes())
-    worker = logic.TrainingWorker(tmp_path / "runs")
-    assert worker.status().text == "no training yet"
-    run_dir = worker.start(Config().replace(**{**TINY, "steps": 20}), examples)
-    with pytest.raises(logic.BusyError, match="already training"):  # this session: one at a time
-        worker.start(Config().replace(**TINY), examples)
-    with pytest.raises(logic.BusyError, match="in progress on this server"):  # any session: one at a time
-        logic.TrainingWorker(tmp_path / "other").start(Config().replace(**TINY), examples)
-    assert not (tmp_path / "other").exists()  # a refused start makes no folder
-    _wait_for(lambda: worker.records())
-    worker.stop()
-    worker.wait()
-    status = worker.status()
-    assert status.state == "stopped" and 1 <= status.step < 20, status.text
-    assert f"step {status.step}/20, elapsed " in status.text and "remaining" not in status.text  # nothing counts down
-    assert (run_dir / "checkpoint" / "trainer_state.json").is_file() and (run_dir / "adapter").is_dir()
-    assert len(load_examples(run_dir / "data.jsonl")) == 24  # the run keeps its own data for resuming
-    # the teacher check ran before SDFT training: saved in the run and shown under the status line
-    check = json.loads((run_dir / "teacher_check.json").read_text())
-    assert check["verdict"] in ("ready", "weak", "not ready") and worker.advice == check["settings"]
-    assert status.teacher_check.startswith("Teacher check (8 records")
-    assert status.markdown == status.text + "\n\n" + status.teacher_check
-
-    stopped_at = status.step
-    worker.resume(run_dir.name, steps=stopped_at + 1)
-    worker.wait()
-    status = worker.status()
-    assert status.state == "done" and status.text.startswith(f"step {stopped_at + 1}/{stopped_at + 1}, elapsed ")
-    assert [r["step"] for r in worker.records()] == list(range(1, stopped_at + 2))
-    assert "remaining" not in status.text and "loss" in status.text and "mean KL" in status.text
-    assert worker.run_names() == [run_dir.name]
-
+def test_export_compare_and_chat_on_a_trained_run(tmp_path):
+    run_dir = _trained_run(tmp_path)
     archive = logic.export_adapter_zip(run_dir, tmp_path)
     names = zipfile.ZipFile(archive).namelist()
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -310,74 +367,39 @@ def test_worker_trains_stops_resumes_and_exports(tmp_path):
         next(logic.chat_answer([{"role": "user", "content": "Hi?"}], demonstration=" "))
 
 
-def test_two_sessions_see_stop_resume_and_export_only_their_own_runs(tmp_path):
-    examples = app_data.parse_upload(SAMPLE.read_bytes())
-    ann, bob = logic.TrainingWorker(tmp_path), logic.TrainingWorker(tmp_path)
-    run_dir = ann.start(Config().replace(**{**SFT, "steps": 1}), examples)
-    with pytest.raises(logic.BusyError, match="in progress on this server"):
-        bob.start(Config().replace(**SFT), examples)
-    assert bob.status().text == "no training yet" and bob.records() == [] and bob.run_names() == []
-    bob.stop()
-    assert ann.is_running() or ann.status().state == "done"  # Bob's Stop is his own: Ann trains on
-    ann.wait()
-    assert ann.status().state == "done" and ann.run_names() == [run_dir.name]
-    for action in (lambda: bob.resume(run_dir.name, steps=2), lambda: bob.run_path(run_dir.name),
-                   lambda: ann.run_path("../" + run_dir.name)):
-        with pytest.raises(ValueError, match="pick one of this session's runs"):
-            action()
-    assert logic.wait_until_idle(timeout=5)
+def test_the_browser_cookie_names_a_browser_and_reaches_the_request_that_set_it():
+    import asyncio
 
+    seen = []
 
-def test_a_failed_start_is_reported_frees_the_slot_and_leaves_no_copy_of_the_data(tmp_path):
-    examples = app_data.parse_upload(SAMPLE.read_bytes())
-    worker = logic.TrainingWorker(tmp_path)
-    worker.start(Config().replace(model=str(tmp_path / "no-such-model"), **TINY), examples)
-    worker.wait()
-    status = worker.status()
-    assert status.state == "failed" and "Could not load model" in status.text
-    assert "the run folder was removed" in status.text and list(tmp_path.iterdir()) == []
-    assert worker.run_names() == []
-    with pytest.raises(DataError, match="no data yet"):
-        worker.start(Config(), [])
-    assert logic.wait_until_idle(timeout=5)  # the slot was released
+    async def app(scope, receive, send):
+        seen.append(dict(scope["headers"]).get(b"cookie", b"").decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
+    def request(cookie: str | None) -> list:
+        sent = []
 
-def test_a_failed_resume_frees_the_slot(tmp_path):
-    """A torn metrics line (a crash mid-write), then Resume: whether the trainer repairs the log or refuses,
-    the slot is released and the status says what happened: Start works again."""
-    examples = app_data.parse_upload(SAMPLE.read_bytes())
-    worker = logic.TrainingWorker(tmp_path)
-    run_dir = worker.start(Config().replace(**SFT), examples)
-    worker.wait()
-    metrics = run_dir / "metrics.jsonl"
-    metrics.write_bytes(metrics.read_bytes() + metrics.read_bytes()[:700])  # head -c 700 metrics >> metrics
-    worker.resume(run_dir.name, steps=3)
-    worker.wait()
-    assert worker.status().state in ("failed", "done"), worker.status().text
-    assert logic.wait_until_idle(timeout=5)
-    (tmp_path / "broken").mkdir()  # a resume that fails before its thread starts releases the slot too
-    worker.runs.append("broken")
-    (tmp_path / "broken" / "config.yaml").write_text("model: {}\n")
-    app_data.save_examples(examples[:2], tmp_path / "broken" / "data.jsonl")
-    (tmp_path / "broken" / "checkpoint").mkdir()
-    (tmp_path / "broken" / "checkpoint" / "trainer_state.json").write_text('{"step": ')
-    with pytest.raises(ValueError):
-        worker.resume("broken", steps=3)
-    assert logic.wait_until_idle(timeout=5)
-    worker.start(Config().replace(**{**SFT, "steps": 1}), examples)
-    worker.wait()
-    assert worker.status().state == "done"
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"cookie", cookie.encode())] if cookie else []
+        asyncio.run(BrowserCookie(app)({"type": "http", "headers": headers}, None, send))
+        return dict(sent[0]["headers"]).get(b"set-cookie", b"").decode()
+
+    setting = request(None)
+    value = cookie_value(setting.split(";")[0])
+    assert setting.startswith(f"{COOKIE}=") and "HttpOnly" in setting and "SameSite=Lax" in setting
+    assert len(value) >= 32 and cookie_value(seen[-1]) == value  # this very request already carries it
+    assert request("theme=dark") and cookie_value(seen[-1]) != value and "theme=dark" in seen[-1]  # a new browser
+    assert request(f"theme=dark; {COOKIE}={value}") == "" and cookie_value(seen[-1]) == value  # known: kept
 
 
 def test_merged_export_matches_base_plus_adapter(tmp_path):
     import torch
     from safetensors.torch import load
 
-    examples = app_data.parse_upload(SAMPLE.read_bytes())
-    worker = logic.TrainingWorker(tmp_path / "runs")
-    run_dir = worker.start(Config().replace(**{**SFT, "steps": 1, "learning_rate": 1e-2}), examples)
-    worker.wait()
-    assert worker.status().state == "done"
+    run_dir = _trained_run(tmp_path, learning_rate=1e-2)
     archive = zipfile.ZipFile(logic.export_merged_zip(run_dir, tmp_path, "float16"))
     assert {"merged/config.json", "merged/tokenizer_config.json", "merged/README.md"} <= set(archive.namelist())
     merged = load(archive.read("merged/model.safetensors"))

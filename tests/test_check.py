@@ -148,10 +148,11 @@ def test_echo_makes_it_weak_and_suggests_plain_and_a_longer_skip():
     verdict, advice = judge(figures(echo_rate=0.56, echo_tokens=14), skip_first=3)
     assert verdict == "weak"
     assert len(advice) == 1 and "56%" in advice[0]
-    assert "--template plain" in advice[0] and "--skip-first 14 (now 3)" in advice[0]
+    assert "the template 'plain'" in advice[0] and "(skip_first 14, now 3)" in advice[0]
+    assert "--" not in advice[0]  # words a CLI user and an app user both read (the table adds the flags)
     # a skip that already covers the echo is not suggested again, nor 'plain' to itself
-    assert "--skip-first" not in judge(figures(echo_rate=0.5, echo_tokens=3), skip_first=3)[1][0]
-    assert "--template plain" not in judge(figures(template="plain", echo_rate=0.5, echo_tokens=9))[1][0]
+    assert "skip_first" not in judge(figures(echo_rate=0.5, echo_tokens=3), skip_first=3)[1][0]
+    assert "template 'plain'" not in judge(figures(template="plain", echo_rate=0.5, echo_tokens=9))[1][0]
 
 
 def test_accuracy_that_does_not_rise_is_weak():
@@ -196,16 +197,19 @@ def test_check_result_prints_saves_and_picks_the_best_template(tmp_path):
     for r in results:
         r.verdict, r.advice = judge(r)
     check = TeacherCheck(records=10, max_new_tokens=48, scorer=None, results=results, best="plain", verdict="ready",
-                         advice=["Template 'plain' teaches best on this sample: train with --template plain."],
-                         seconds=3.0)
+                         advice=["Template 'plain' teaches best on this sample: train with it."],
+                         seconds=3.0, settings={"template": "plain", "skip_first": 12})
     table = check.table()
     assert "paper     weak" in table and "plain     ready" in table and "+0.90" in table and "60%" in table
-    assert "verdict: READY" in table and "--template plain" in table and "0.30 -> 0.80 (+0.50)" in table
+    assert "verdict: READY" in table and "0.30 -> 0.80 (+0.50)" in table
+    assert "settings that take the advice: --template plain --skip-first 12" in table  # the CLI's flags
     assert "+0.20" in table  # the control's gain
     assert "READY needs ROUGE-L F1" in table
     assert check.summary().startswith("Teacher check (10 records, template 'plain', best of 2): READY.")
     saved = json.loads(check.save(tmp_path / "run" / "teacher_check.json").read_text())
     assert saved["verdict"] == "ready" and saved["results"][0]["gain"] == pytest.approx(0.9)
+    again = TeacherCheck.load(tmp_path / "run" / "teacher_check.json")  # read back: the app shows it after Resume
+    assert again.summary() == check.summary() and again.results[0].gain == pytest.approx(0.9)
 
 
 # --- templates ---------------------------------------------------------------------------------------
@@ -282,8 +286,8 @@ def test_echoing_and_copying_answers_are_counted_and_advised_on(model_and_tokeni
     assert paper.copy_rate == plain.copy_rate == 1 / 6  # the first record's answer holds its own demonstration
     assert paper.teacher_accuracy == paper.student_accuracy == 1 / 6
     assert paper.verdict == "weak" and "accuracy 17% -> 17%" in paper.advice[0]
-    assert "--template plain" in paper.advice[-1]
-    assert f"--skip-first {paper.echo_tokens}" in paper.advice[-1]
+    assert "the template 'plain'" in paper.advice[-1]
+    assert f"skip_first {paper.echo_tokens}" in paper.advice[-1]
     assert [row["echo"] for row in paper.rows] == [True, False] * 3
 
 
@@ -406,3 +410,26 @@ def test_cli_check_teacher_refuses_a_record_over_the_context_before_any_model_ca
     assert main(["check-teacher", "--data", str(long_demo), "--model", str(tiny_llama_dir)]) == 2
     assert re.search(r"long_demo\.jsonl:1: the student prompt is \d+ tokens; with 6\d\d for the answer",
                      capsys.readouterr().err)
+
+
+def test_quick_check_compares_templates_with_the_runs_own_and_reports_its_progress(tiny_llama_dir, demo_examples,
+                                                                                   one_thread):
+    """What the app asks of the check before a run: every named template beside the run's own (a custom text
+    too), the answers' progress as they come (its time left); without templates, the run's own only (the CLI)."""
+    from sdft_kit.check import quick_check
+    from sdft_kit.config import Config, PAPER_TEMPLATE
+    from sdft_kit.trainer import Trainer
+
+    config = Config().replace(model=str(tiny_llama_dir), max_new_tokens=4, template=PAPER_TEMPLATE, threads=1)
+    trainer = Trainer(config, demo_examples)
+    seen = []
+    check = quick_check(trainer, progress=False, templates=["system", "plain", "paper"],
+                        on_progress=lambda done, total: seen.append((done, total)))
+    assert [r.template for r in check.results] == ["system", "plain", "paper"]  # the paper text counted once
+    assert seen[-1] == (32, 32) and [done for done, _ in seen] == sorted(done for done, _ in seen)  # 8 + 3 x 8
+    assert check.best in ("system", "plain", "paper") and len(check.advice) >= 1
+    assert [r.template for r in quick_check(trainer, progress=False).results] == ["paper"]
+    custom = trainer.config.replace(template="Q: {prompt}\nA model answer: {demonstration}")
+    trainer.config = custom
+    assert [r.template for r in quick_check(trainer, progress=False, templates=["plain"]).results] == [
+        "plain", "custom2"]

@@ -117,3 +117,10 @@ def test_columns_and_the_detected_format_in_train_and_inspect(tmp_path):
     for command in (["check-teacher"], ["compare", "--eval", "e.jsonl", "--out", "o"], ["objectives"]):
         args = make_parser().parse_args([*command, "--data", qa, "--columns", "prompt=question,demonstration=answer"])
         assert args.columns == "prompt=question,demonstration=answer"
+
+
+def test_push_is_private_unless_public_is_asked_for():
+    """As the app's push: a new repo is private by default; --public makes it public."""
+    args = make_parser().parse_args(["push", "--adapter", "runs/x/adapter", "--repo", "me/x"])
+    assert args.private is True
+    assert make_parser().parse_args(["push", "--adapter", "a", "--repo", "me/x", "--public"]).private is False

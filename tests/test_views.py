@@ -263,6 +263,8 @@ def test_curves_legend_names_the_raw_dots_and_the_smoothed_line():
     fig = curves([make_record(step=1), make_record(step=2, loss=0.3)], weight=0.6)
     legend = {t.name: t.mode for t in fig.data if t.showlegend is not False}
     assert legend == {"SDFT": "lines", "raw value at each step": "markers", "smoothed (EMA, weight 0.6)": "lines"}
+    # under the plots, not over them: a UI's label for the figure (gradio's Plot) sits on its top-left corner
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
 
 
 def test_curves_draw_the_forgetting_monitors_scores_in_a_third_panel_when_a_run_has_them():
@@ -281,3 +283,25 @@ def test_curves_draw_the_forgetting_monitors_scores_in_a_third_panel_when_a_run_
     assert fig.layout.annotations[2].text.startswith("forgetting monitor")
     plain = curves([make_record(step=1)])
     assert "xaxis3" not in plain.layout.to_plotly_json() and len(plain.layout.annotations) == 2  # as before
+
+
+def test_tiny_probabilities_print_in_scientific_notation():
+    from sdft_kit.views import probability_text
+
+    assert [probability_text(p) for p in (0.7181, 0.001, 3.2e-6, 0.0, float("nan"))] == [
+        "0.7181", "0.0010", "3.2e-06", "0.0000", "–"]
+    record = make_record()
+    record["sample"]["student_logprob"][4] = math.log(3.2e-6)
+    assert "student p = 3.2e-06" in token_detail(record, 4).layout.title.text
+    assert "student p = 3.2e-06" in token_strip(record).data[0].hovertext[4]
+
+
+def test_the_first_token_shown_is_the_most_divergent_one_both_models_make_readable():
+    record = make_record(tokens=("A", "B", "C", "D"))
+    sample = record["sample"]
+    sample["student_logprob"] = [math.log(p) for p in (0.5, 1e-7, 0.4, 0.3)]
+    sample["teacher_logprob"] = [math.log(p) for p in (0.4, 0.2, 0.05, 0.3)]
+    # token 1 diverges most (log 0.2/1e-7), but the student's p there reads as 0: token 2 is next (log 0.05/0.4)
+    assert loudest_token(record, "log_ratio") == 2
+    sample["student_logprob"] = [math.log(1e-7)] * 4  # nothing readable: the most divergent of all
+    assert loudest_token(record, "log_ratio") == 0  # log 0.4/1e-7
