@@ -28,7 +28,7 @@ LOCK_EXTRAS := dev,notebooks,vllm
 # they break `import transformers` ("operator torchvision::nms does not exist").
 TORCH_EXTRAS := torchvision torchaudio torchcodec
 
-.PHONY: install install-vllm demo test bench gpu-kit app notebooks notebook-times strip clean lock test-latest
+.PHONY: install install-vllm demo test bench gpu-kit app notebooks notebook-times strip clean lock test-latest repo-url
 
 install: $(VENV)/.installed
 
@@ -109,6 +109,10 @@ lock:
 # Notebooks are committed without outputs: run this before `git add notebooks/`.
 strip: install
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+# A fork names its repository once (pyproject.toml's Repository URL); this rewrites every file that names it.
+repo-url:
+	python3 tools/repo_url.py $(URL)
 
 clean:
 	rm -rf $(VENV) $(LATEST) build *.egg-info .pytest_cache

@@ -318,17 +318,31 @@ def load_gguf_back(path: str | Path, fallback_config=None):
     path = Path(path)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # the failed first try's load report is not news
-    with no_loading_bar(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32), "file"
-        except RuntimeError:
-            if fallback_config is None:
-                raise
+    try:
+        with no_loading_bar(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+                # Some transformers releases build Qwen3 from the file with the default head size (128), not the
+                # file's attention.key_length: it loads, with the wrong shapes. The original config then.
+                if fallback_config is None or _same_shapes(model.config, fallback_config):
+                    return model, "file"
+            except RuntimeError:
+                if fallback_config is None:
+                    raise
             return (AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=fallback_config,
                                                          dtype=torch.float32), "original")
-        finally:
-            transformers_logging.set_verbosity(verbosity)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim")
+
+
+def _same_shapes(config, reference) -> bool:
+    """Whether two model configs agree on every field that sets a weight's or an activation's shape."""
+    return all(getattr(config, name, None) == getattr(reference, name, None) for name in SHAPE_FIELDS)
 
 
 def logprob_gap(reference, restored, tokenizer, prompts: tuple[str, ...] = VERIFY_PROMPTS) -> float:
