@@ -226,6 +226,21 @@ def write_state(folder: Path, model, optimizer, scheduler, teacher, progress: di
     (folder / "trainer_state.json").write_text(json.dumps(progress))
 
 
+def holds_lora_factors(checkpoint: Path, model) -> bool:
+    """Whether a checkpoint's teacher state is the averaged LoRA factors (what 'ema' kept before it averaged the
+    weights). False for an unreadable one: read_state then says what is wrong with it."""
+    import torch
+
+    from .models import lora_parameters
+
+    try:
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+    except Exception:  # noqa: BLE001 (read_state reports a damaged checkpoint in one line)
+        return False
+    teacher = state.get("teacher", state.get("ema")) or {}
+    return bool(teacher) and set(teacher) == set(lora_parameters(model))
+
+
 def read_state(folder: Path, model, optimizer, scheduler, teacher) -> dict:
     """Load a checkpoint folder written by write_state into these objects; returns its progress (step, ...).
     A damaged folder raises ValueError with one line naming it."""

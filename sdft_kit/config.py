@@ -54,7 +54,8 @@ ReportTo = Literal["auto", "trackio", "tensorboard", "wandb", "none"]
 # Which adapters a run keeps: see monitor.py ('tradeoff': the forgetting monitor's Pareto front too).
 KeepCheckpoints = Literal["last", "tradeoff"]
 
-TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
+# A list: teachers.register_teacher adds a kind defined elsewhere (as methods.register does to METHODS).
+TEACHER_KINDS: list[str] = list(get_args(TeacherKind))
 ENGINES: tuple[str, ...] = get_args(Engine)
 DEMO_SELECTIONS: tuple[str, ...] = get_args(DemoSelection)
 VOCABS: tuple[str, ...] = get_args(Vocab)

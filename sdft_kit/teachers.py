@@ -22,8 +22,8 @@ in `make_teacher`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -243,16 +243,27 @@ def _check_keys(state: dict[str, torch.Tensor], mine: dict[str, torch.Tensor], k
                          "'factor_ema'): resume with the teacher settings the run was started with")
 
 
+# The teacher kinds: each name's builder over the student model and the teacher config. A new kind is one
+# register_teacher call (here, or in your own code); its name then becomes a valid `teacher` setting.
+TEACHERS: dict[str, Callable[[Any, TeacherConfig], Teacher]] = {}
+
+
+def register_teacher(name: str, build: Callable[[Any, TeacherConfig], Teacher]) -> None:
+    """Add a teacher kind: `build(model, teacher_config)` returns it (and config.TEACHER_KINDS names it)."""
+    TEACHERS[name] = build
+    if name not in TEACHER_KINDS:
+        TEACHER_KINDS.append(name)
+
+
+register_teacher("base", lambda model, c: FrozenTeacher(model))
+register_teacher("ema", lambda model, c: WeightEMATeacher(model, c.ema_rate, c.ema_rank, c.anchor))
+register_teacher("factor_ema", lambda model, c: FactorEMATeacher(model, c.ema_rate))
+register_teacher("live", lambda model, c: LiveTeacher(model))
+
+
 def make_teacher(model, config: TeacherConfig | None = None) -> Teacher:
     """The teacher of `config.teacher` (one of config.TEACHER_KINDS) over the student `model`."""
     config = config or TeacherConfig()
-    kind = config.teacher
-    if kind == "base":
-        return FrozenTeacher(model)
-    if kind == "ema":
-        return WeightEMATeacher(model, config.ema_rate, config.ema_rank, config.anchor)
-    if kind == "factor_ema":
-        return FactorEMATeacher(model, config.ema_rate)
-    if kind == "live":
-        return LiveTeacher(model)
-    raise ValueError(f"teacher must be one of {', '.join(TEACHER_KINDS)}; got {kind!r}")
+    if config.teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {', '.join(TEACHER_KINDS)}; got {config.teacher!r}")
+    return TEACHERS[config.teacher](model, config)

@@ -30,7 +30,7 @@ import torch
 
 from . import driver
 from .batch import Completions
-from .checkpoint import CHECKPOINT, RunDir, newest_checkpoint, read_state, write_state
+from .checkpoint import CHECKPOINT, RunDir, holds_lora_factors, newest_checkpoint, read_state, write_state
 from .config import Config
 from .data import DataError, DataOrder, Example, fingerprint
 from .demos import DemoSelector, teacher_chat_template
@@ -203,7 +203,6 @@ class Trainer:
             total, weighted, *sums = self.processes.sum([counted, counted * loss, *sums])
             self.processes.combine_gradients(list(lora_parameters(self.model).values()), counted, total)
             loss = weighted / max(total, 1)
-        divergence_sum, tokens, is_weight_sum, is_weight_count = sums
         lr = self.scheduler.get_last_lr()[0]
         opt_start = time.perf_counter()
         grad_norm = (optimizer_step(self.model, self.optimizer, self.scheduler, cfg.train.max_grad_norm)
@@ -219,15 +218,7 @@ class Trainer:
         self.step += 1
         total = time.perf_counter() - start
         self.elapsed += total
-        return {"step": self.step, "steps": cfg.train.steps, "method": self.method.name, "loss": loss,
-                "mean_kl": divergence_sum / max(tokens, 1) if self.method.uses_teacher else None, "lr": lr,
-                "grad_norm": grad_norm, "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
-                "tokens": int(tokens), "engine": self.engine.name if self.engine is not None else None,
-                "processes": self.processes.world,
-                "global_batch": cfg.train.batch_size * cfg.train.grad_accum * self.processes.world,
-                "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
-                "elapsed_s": round(self.elapsed, 3), "peak_mem_mb": round(peak_memory_mb(self.device), 1),
-                "sample": parts[0].sample}
+        return step_record(self, loss, lr, grad_norm, sums, seconds, total, parts[0].sample)
 
     def steps(self, instruments: list[driver.Instrument] | tuple = ()) -> Iterator[StepRecord]:
         """Train to `config.train.steps`, yielding each step's record (see driver.steps: records, checkpoints)."""
@@ -267,7 +258,7 @@ class Trainer:
             self.save_checkpoint()
 
     def load_checkpoint(self, checkpoint: Path) -> None:
-        if self.config.teacher.teacher == "ema" and _holds_lora_factors(checkpoint, self.model):
+        if self.config.teacher.teacher == "ema" and holds_lora_factors(checkpoint, self.model):
             # Saved before 'ema' meant the EMA of the weights: the run goes on with the factor EMA it started with.
             warnings.warn(f"{checkpoint}: this run's 'ema' teacher averaged the LoRA factors (sdft-kit before the "
                           "weight EMA); it continues as teacher 'factor_ema'", stacklevel=2)
@@ -277,12 +268,18 @@ class Trainer:
         self.saved_step = self.step
 
 
-def _holds_lora_factors(checkpoint: Path, model) -> bool:
-    """Whether a checkpoint's teacher state is the averaged LoRA factors (what 'ema' kept before it averaged the
-    weights). False for an unreadable one: read_state then says what is wrong with it."""
-    try:
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
-    except Exception:  # noqa: BLE001 (read_state reports a damaged checkpoint in one line)
-        return False
-    teacher = state.get("teacher", state.get("ema")) or {}
-    return bool(teacher) and set(teacher) == set(lora_parameters(model))
+def step_record(trainer: Trainer, loss: float, lr: float, grad_norm: float, sums: list, seconds: dict[str, float],
+                total: float, sample: dict | None) -> StepRecord:
+    """A step's record (records.StepRecord) from its figures; sums: divergence, tokens, importance weights and
+    their count, over the global batch."""
+    divergence_sum, tokens, is_weight_sum, is_weight_count = sums
+    cfg, engine = trainer.config, trainer.engine
+    return {"step": trainer.step, "steps": cfg.train.steps, "method": trainer.method.name, "loss": loss,
+            "mean_kl": divergence_sum / max(tokens, 1) if trainer.method.uses_teacher else None, "lr": lr,
+            "grad_norm": grad_norm, "is_weight": is_weight_sum / is_weight_count if is_weight_count else None,
+            "tokens": int(tokens), "engine": engine.name if engine is not None else None,
+            "processes": trainer.processes.world,
+            "global_batch": cfg.train.batch_size * cfg.train.grad_accum * trainer.processes.world,
+            "seconds": {**{k: round(v, 4) for k, v in seconds.items()}, "total": round(total, 4)},
+            "elapsed_s": round(trainer.elapsed, 3), "peak_mem_mb": round(peak_memory_mb(trainer.device), 1),
+            "sample": sample}

@@ -156,3 +156,21 @@ def test_kinds_and_the_anchor_setting(small_lora):
         TeacherConfig(teacher="base", anchor=0.1)
     with pytest.raises(ValueError, match="anchor"):
         TeacherConfig(teacher="ema", anchor=1.0)
+
+
+def test_a_teacher_kind_registered_in_one_call_is_a_valid_setting_and_is_built(small_lora):
+    """The 'where to add' table's row: a teacher kind is one register_teacher call."""
+    from sdft_kit.config import TEACHER_KINDS, Config
+    from sdft_kit.teachers import TEACHERS, FrozenTeacher, register_teacher
+
+    model, _ = small_lora
+    built = []
+    register_teacher("toy", lambda model, c: built.append(c.ema_rate) or FrozenTeacher(model))
+    try:
+        config = Config().replace(teacher="toy", ema_rate=0.5)  # validated like the built-in kinds
+        assert isinstance(make_teacher(model, config.teacher), FrozenTeacher) and built == [0.5]
+    finally:
+        TEACHERS.pop("toy")
+        TEACHER_KINDS.remove("toy")
+    with pytest.raises(ValueError, match="teacher must be one of ema, base, factor_ema, live; got 'toy'"):
+        Config().replace(teacher="toy")
