@@ -3,7 +3,7 @@
     python benchmarks/amortized.py --seeds 3 --steps 16            # writes benchmarks/results/amortized.json
 
 Each run trains the demo's settings (the default preset, embedded model fp32, batch 4, 48 new tokens,
-1 thread) from one seed, in its own process. Runs are interleaved: every round runs each setting once,
+1 thread, the hf engine unless --engine) from one seed, in its own process. Runs are interleaved: every round runs each setting once,
 in a rotated order, so a change of load on the shared machine falls on all settings alike. Per run:
 - seconds per step (the run's training time / steps: a reused step has no rollout, so the mean over
   whole generations is the fair figure), and the rollout seconds;
@@ -42,7 +42,7 @@ def on_policy_kl(trainer) -> float:
     return float(student.per_token[mask].mean())
 
 
-def run_one(k: int, seed: int, steps: int) -> dict:
+def run_one(k: int, seed: int, steps: int, engine: str = "hf") -> dict:
     from sdft_kit import Config, Trainer, load_examples
     from sdft_kit.cli import demo_metrics
     from sdft_kit.data import SAMPLE_DATA
@@ -50,7 +50,7 @@ def run_one(k: int, seed: int, steps: int) -> dict:
 
     examples = load_examples(SAMPLE_DATA)
     config = Config().replace(steps=steps, batch_size=4, max_new_tokens=48, threads=1, seed=seed,
-                              steps_per_generation=k, report_to="none")
+                              steps_per_generation=k, report_to="none", engine=engine)
     trainer = Trainer(config, examples)
     kl_curve = {0: on_policy_kl(trainer)}
     records = []
@@ -94,10 +94,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--engine", default="hf", help="rollout engine (hf: a vLLM engine's start-up in each of the "
+                                                         "12 short runs would outweigh their training)")
     parser.add_argument("--worker", nargs=3, type=int, metavar=("K", "SEED", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_one(*args.worker)), flush=True)
+        print(json.dumps(run_one(*args.worker, engine=args.engine)), flush=True)
         return 0
     ks = [int(k) for k in args.ks.split(",")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -105,7 +107,8 @@ def main() -> int:
     for seed in range(args.seeds):  # a round: every k once, the order rotated each round
         for k in ks[seed % len(ks):] + ks[:seed % len(ks)]:
             print(f"seed {seed}, steps_per_generation {k} ...", flush=True)
-            done = subprocess.run([sys.executable, __file__, "--worker", str(k), str(seed), str(args.steps)],
+            done = subprocess.run([sys.executable, __file__, "--worker", str(k), str(seed), str(args.steps),
+                                   "--engine", args.engine],
                                   capture_output=True, text=True, env=env, timeout=3600)
             if done.returncode:
                 print(done.stderr[-3000:], file=sys.stderr)
@@ -115,7 +118,7 @@ def main() -> int:
             print(f"  {r['s_per_step']:.2f} s/step, on-policy KL {r['on_policy_kl']}, ROUGE-L {r['rouge_l_after']:.3f}",
                   flush=True)
     report = {"settings": {"steps": args.steps, "batch_size": 4, "max_new_tokens": 48, "threads": 1,
-                           "model": "embedded (fp32)", "preset": "default", "eval_every": EVAL_EVERY,
+                           "model": "embedded (fp32)", "preset": "default", "engine": args.engine, "eval_every": EVAL_EVERY,
                            "eval_prompts": EVAL_PROMPTS},
               "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "summary": summarize(runs),
               "runs": runs}

@@ -58,7 +58,10 @@ RESULTS = Path(__file__).parent / "results" / "step_time.json"
 # sdft-kit's SDFT methods and the rollout settings each uses ("sdft": the default engine)
 ROLLOUTS = {"sdft": {}, "sdft-hf": {"engine": "hf"}, "sdft-vllm": {"engine": "vllm"},
             "sdft-vllm-compiled": {"engine": "vllm", "vllm_compile": True},
-            "sdft-vllm-fp32": {"engine": "vllm", "vllm_dtype": "float32"}}
+            "sdft-vllm-fp32": {"engine": "vllm", "vllm_dtype": "float32"},
+            # rollouts reused: one engine call samples 4 steps' completions; a measured "step" is the mean
+            # over those 4 (one with the rollout, three without), so the rounds compare whole generations
+            "sdft-reuse4": {"steps_per_generation": 4}}
 METHODS = [*ROLLOUTS, "sft", "trl", "trl-vllm"]
 DEFAULT_METHODS = "sdft,sdft-hf,sdft-vllm,sdft-vllm-compiled,sft,trl,trl-vllm"
 NEEDS = {"sdft-vllm": ["vllm"], "sdft-vllm-compiled": ["vllm"], "sdft-vllm-fp32": ["vllm"], "trl": ["trl"],
@@ -115,19 +118,23 @@ def sdft_kit_steps(method: str, args: argparse.Namespace):
         engine.sample = counted
     vllm = type(engine).__name__ == "VLLMEngine"  # (by class name: a --baseline checkout's engines have no `name`)
     weight_bytes = decode_bytes(trainer.model, getattr(torch, engine.dtype).itemsize if vllm else None)
-    for _ in range(args.warmup):
+    group = overrides.get("steps_per_generation", 1)  # steps per engine call: measured together, as one mean
+    for _ in range(args.warmup * group):
         trainer.train_step()
     yield None  # ready
     while True:
         cpu = time.process_time()
-        record = trainer.train_step()
+        records = [trainer.train_step() for _ in range(group)]
+        record = {**records[-1], "tokens": sum(r["tokens"] for r in records) / group,
+                  "seconds": {k: sum(r["seconds"][k] for r in records) / group for k in records[0]["seconds"]}}
         rollout_s = record["seconds"]["rollout"]
-        yield {"s": record["seconds"]["total"], "cpu_s": time.process_time() - cpu, "phases": record["seconds"],
-               "tokens": record["tokens"],
+        yield {"s": record["seconds"]["total"], "cpu_s": (time.process_time() - cpu) / group,
+               "phases": record["seconds"], "tokens": record["tokens"], "steps_per_generation": group,
                "rollout_tok_s": record["tokens"] / rollout_s if rollout_s else None,
                "is_weight": record.get("is_weight"), "peak_rss_mb": record["peak_mem_mb"],
                "threads": torch.get_num_threads(), "rollout_engine": record.get("engine", engine and "hf"),
-               "decode_passes": passes[-1] if engine is not None else 0, "decode_bytes": weight_bytes,
+               # a reused rollout's decode passes are shared by its `group` steps
+               "decode_passes": passes[-1] / group if engine is not None else 0, "decode_bytes": weight_bytes,
                "engine": vllm and {"start_s": engine.start_seconds, "memory_mb": engine.memory_mb,
                                    "sync_s": engine.sync_seconds, "dtype": engine.dtype}}
 
@@ -499,7 +506,8 @@ def add_bounds(steps: dict[str, list[dict]], rates: list[dict]) -> None:
     decode passes (TRL) take the round's fastest sdft-kit SDFT passes and the fewest decode passes at the student's
     own weight bytes."""
     for round_, rate in enumerate(rates):
-        sdft = [s for name, ss in steps.items() for s in ss if s["round"] == round_ and s["decode_passes"]]
+        sdft = [s for name, ss in steps.items() for s in ss if s["round"] == round_ and s["decode_passes"]
+                and s.get("steps_per_generation", 1) == 1]  # TRL's bound: a rollout per step, as TRL samples
         for ss in steps.values():
             for s in ss:
                 if s["round"] != round_:

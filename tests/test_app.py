@@ -10,6 +10,7 @@ import zipfile
 import pytest
 
 from sdft_kit import app_data
+from sdft_kit.data import load_examples
 from sdft_kit import app_logic as logic
 from sdft_kit.app_runs import Trainings
 from sdft_kit.app_safety import (COOKIE, EXPORT_PREFIX, BrowserCookie, Limits, check_exposure, cookie_value,

@@ -177,8 +177,8 @@ def test_a_finished_or_stopped_run_leaves_its_last_state_as_a_picture_behind_the
         assert data["application/vnd.jupyter.widget-view+json"]["model_id"]  # live front ends keep the widget
         assert data["text/plain"].startswith(f"training dashboard, last state: step {last_step}/3 · SDFT")
         png = base64.b64decode(data["image/png"])
-        # one PNG of the status line (36 px), curves (340), strip (2 rows, the answer has a newline: 228), detail (320)
-        assert png_size(png) == (STATIC_WIDTH * STATIC_SCALE, (36 + 340 + 228 + 320) * STATIC_SCALE)
+        # one PNG of the status line (36 px), curves (380, the legend under the plots), strip (2 rows, the answer has a newline: 228), detail (320)
+        assert png_size(png) == (STATIC_WIDTH * STATIC_SCALE, (36 + 380 + 228 + 320) * STATIC_SCALE)
         assert data["text/html"].count("<img ") == 1 and data["image/png"] in data["text/html"]
     # Saved without widget state (JupyterLab's default), nbconvert skips the widget and shows the picture.
     notebook.metadata.pop("widgets", None)

@@ -46,7 +46,7 @@ EXERCISE_OUTPUTS = {
     "04_knowledge_injection": ["base model: 0% of 3 knowledge questions"],
     "05_continual_learning": ["same base row for SFT and SDFT: True", "previous-skills probe, base row: 100%"],
     "06_scale_up_on_a_gpu": ["4.9 M of 0.14 B parameters are trained (3.50%)",
-                             "the EMA teacher's own tensors: 18.6 MB"],
+                             "the EMA teacher's own tensors: 37.3 MB (2.0x the adapter's 18.6 MB)"],
 }
 
 
