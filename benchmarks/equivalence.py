@@ -3,6 +3,7 @@
     python benchmarks/equivalence.py --out new.json                         # this checkout
     python benchmarks/equivalence.py --out old.json --checkout ../old       # another checkout of sdft-kit
     python benchmarks/equivalence.py --compare old.json new.json            # bit-identical, or what differs
+    python benchmarks/equivalence.py --out new.json --ema-as factor_ema     # 'ema' as it was before the weight EMA
 
 Each config trains 2 steps of the embedded model (batch 2, 16 new tokens, 1 thread) from seed 0 and
 keeps, per step, the loss, the gradient norm, the mean KL, the token count and the first sample's token
@@ -42,7 +43,7 @@ def _exact(value):
     return float(value).hex() if isinstance(value, float) else value
 
 
-def record_configs() -> dict:
+def record_configs(ema_as: str | None = None) -> dict:
     import torch
 
     from sdft_kit import Config, Trainer, load_examples
@@ -52,7 +53,10 @@ def record_configs() -> dict:
     examples = load_examples(SAMPLE_DATA)
     results = {}
     for name, overrides in CONFIGS.items():
-        config = Config().replace(**{**EXPLICIT, **overrides})
+        fields = {**EXPLICIT, **overrides}
+        if ema_as and fields["teacher"] == "ema":  # compare with a checkout whose 'ema' was another teacher
+            fields["teacher"] = ema_as
+        config = Config().replace(**fields)
         trainer = Trainer(config, examples)
         steps = []
         for record in trainer.steps():
@@ -88,6 +92,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the recorded runs here (JSON)")
     parser.add_argument("--checkout", help="record another checkout of sdft-kit (its sdft_kit package) instead")
+    parser.add_argument("--ema-as", help="record teacher 'ema' as this kind (factor_ema: what 'ema' was before the "
+                                         "weight EMA, to compare with a checkout from then)")
     parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two recordings")
     args = parser.parse_args()
     if args.compare:
@@ -101,7 +107,7 @@ def main() -> int:
         return subprocess.call([sys.executable, __file__, "--out", str(Path(args.out).resolve())], env=env,
                                cwd=args.checkout)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results = record_configs()
+    results = record_configs(args.ema_as)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
     return 0
