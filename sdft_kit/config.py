@@ -56,7 +56,8 @@ KeepCheckpoints = Literal["last", "tradeoff"]
 
 # A list: teachers.register_teacher adds a kind defined elsewhere (as methods.register does to METHODS).
 TEACHER_KINDS: list[str] = list(get_args(TeacherKind))
-ENGINES: tuple[str, ...] = get_args(Engine)
+# A list: rollout.register_engine adds an engine defined elsewhere.
+ENGINES: list[str] = list(get_args(Engine))
 DEMO_SELECTIONS: tuple[str, ...] = get_args(DemoSelection)
 VOCABS: tuple[str, ...] = get_args(Vocab)
 DTYPES: tuple[str, ...] = get_args(Dtype)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -147,6 +148,33 @@ def resolve_engine(config: RolloutConfig, model, *, processes: int = 1) -> tuple
     return "vllm", "vLLM is installed"
 
 
+def _vllm_engine(model, tokenizer, config: RolloutConfig, **sizes) -> RolloutEngine:
+    if world_size() > 1:
+        raise ValueError("rollout.engine 'vllm' runs in a single process for now; use --engine hf with several "
+                         "processes")
+    from .vllm_engine import VLLMEngine
+
+    return VLLMEngine(model, tokenizer, config, **sizes)
+
+
+# The engines: each name's builder, `build(model, tokenizer, rollout_config, sequences=, longest_prompt=)`. A new
+# engine is one register_engine call (here, or in your own code); its name then becomes a valid `engine` setting
+# ('auto' still picks between hf and vllm, see resolve_engine).
+ENGINE_BUILDERS: dict[str, Callable[..., RolloutEngine]] = {}
+
+
+def register_engine(name: str, build: Callable[..., RolloutEngine]) -> None:
+    """Add a rollout engine: `build(model, tokenizer, config, sequences=..., longest_prompt=...)` returns an object
+    with the RolloutEngine protocol (and config.ENGINES names it)."""
+    ENGINE_BUILDERS[name] = build
+    if name not in ENGINES:
+        ENGINES.append(name)
+
+
+register_engine("hf", lambda model, tokenizer, config, **sizes: HFEngine(model, tokenizer, config))
+register_engine("vllm", _vllm_engine)
+
+
 def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None, *,
                 sequences: int | None = None, longest_prompt: int | None = None) -> RolloutEngine:
     """The rollout engine of `config.engine` (one of config.ENGINES) over the student `model`.
@@ -160,14 +188,7 @@ def make_engine(model, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig
     engine, reason = resolve_engine(config, model, processes=world_size())
     if config.engine == "auto":
         print(f"sdft-kit: rollout engine 'auto' -> {engine} ({reason})", flush=True)
-    if engine == "hf":
-        return HFEngine(model, tokenizer, config)
-    if world_size() > 1:
-        raise ValueError("rollout.engine 'vllm' runs in a single process for now; use --engine hf with several "
-                         "processes")
-    from .vllm_engine import VLLMEngine
-
-    return VLLMEngine(model, tokenizer, config, sequences=sequences, longest_prompt=longest_prompt)
+    return ENGINE_BUILDERS[engine](model, tokenizer, config, sequences=sequences, longest_prompt=longest_prompt)
 
 
 def rollout(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: RolloutConfig | None = None,

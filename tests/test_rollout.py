@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sdft_kit import RolloutConfig
@@ -122,3 +123,31 @@ def test_rollouts_for_several_steps_keep_the_samplers_logprobs(lora_model, demo_
     full = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     counted = batch.completion_mask.bool()
     torch.testing.assert_close(batch.sampler_logprobs[counted], full[counted], atol=1e-4, rtol=0)
+
+
+def test_an_engine_registered_in_one_call_is_a_valid_setting_and_is_built():
+    """The 'where to add' table's row: a rollout engine is one register_engine call."""
+    from sdft_kit.config import ENGINES, Config
+    from sdft_kit.rollout import ENGINE_BUILDERS, make_engine, register_engine
+
+    built = []
+
+    class Toy:
+        name = "toy"
+
+        def sample(self, prompts, *, do_sample=True):
+            raise NotImplementedError
+
+        def after_step(self):
+            pass
+
+    register_engine("toy", lambda model, tokenizer, config, **sizes: built.append(sizes) or Toy())
+    try:
+        config = Config().replace(engine="toy")  # validated like the built-in engines
+        assert isinstance(make_engine(None, None, config.rollout, sequences=4, longest_prompt=30), Toy)
+        assert built == [{"sequences": 4, "longest_prompt": 30}]
+    finally:
+        ENGINE_BUILDERS.pop("toy")
+        ENGINES.remove("toy")
+    with pytest.raises(ValueError, match="engine must be one of auto, hf, vllm; got 'toy'"):
+        Config().replace(engine="toy")
