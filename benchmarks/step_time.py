@@ -62,9 +62,10 @@ ROLLOUTS = {"sdft": {}, "sdft-hf": {"engine": "hf"}, "sdft-vllm": {"engine": "vl
             # rollouts reused: one engine call samples 4 steps' completions; a measured "step" is the mean
             # over those 4 (one with the rollout, three without), so the rounds compare whole generations
             "sdft-reuse4": {"steps_per_generation": 4}}
-METHODS = [*ROLLOUTS, "sft", "trl", "trl-vllm"]
+METHODS = [*ROLLOUTS, "sft", "trl", "trl-vllm", "trl-reuse4"]
 DEFAULT_METHODS = "sdft,sdft-hf,sdft-vllm,sdft-vllm-compiled,sft,trl,trl-vllm"
 NEEDS = {"sdft-vllm": ["vllm"], "sdft-vllm-compiled": ["vllm"], "sdft-vllm-fp32": ["vllm"], "trl": ["trl"],
+         "trl-reuse4": ["trl"],
          "trl-vllm": ["trl", "vllm"]}
 INSTALL = {"vllm": "make install-vllm", "trl": "pip install 'sdft-kit[bench]'"}
 
@@ -139,8 +140,11 @@ def sdft_kit_steps(method: str, args: argparse.Namespace):
                                    "sync_s": engine.sync_seconds, "dtype": engine.dtype}}
 
 
-def trl_steps(args: argparse.Namespace, use_vllm: bool = False):
+def trl_steps(args: argparse.Namespace, use_vllm: bool = False, group: int = 1):
     """TRL's SDFTTrainer, paused between steps: its callback waits for the driver's next request.
+
+    With `group` > 1, TRL's own `steps_per_generation` (one generation for that many steps, its
+    `distillation_is_clip` 2 correcting the reused ones) and each measured step is the mean of a group.
 
     With `use_vllm`, TRL's colocated vLLM engine samples the rollouts with its own defaults
     (compiled; dtype 'auto', which is bf16 on CPUs; KV cache from VLLM_CPU_KVCACHE_SPACE).
@@ -184,6 +188,7 @@ def trl_steps(args: argparse.Namespace, use_vllm: bool = False):
         teacher_prompt_template=PAPER_TEMPLATE.replace("{demonstration}", "{privileged_context}"),
         bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": getattr(torch, args.dtype)}, **vllm,
+        **(dict(steps_per_generation=group, distillation_is_clip=2.0) if group > 1 else {}),
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     start = time.perf_counter()
@@ -191,14 +196,17 @@ def trl_steps(args: argparse.Namespace, use_vllm: bool = False):
                           callbacks=[Paced()])
     start_s = time.perf_counter() - start
     threading.Thread(target=trainer.train, daemon=True).start()
-    for _ in range(args.warmup):
+    for _ in range(args.warmup * group):
         go.put(None)
         done.get()
     yield None
     while True:
-        go.put(None)
-        seconds, cpu_seconds = done.get()
-        yield {"s": seconds, "cpu_s": cpu_seconds, "phases": None, "tokens": None, "rollout_tok_s": None, "is_weight": None,
+        timed = []
+        for _ in range(group):
+            go.put(None)
+            timed.append(done.get())
+        seconds, cpu_seconds = (sum(t[i] for t in timed) / group for i in (0, 1))
+        yield {"s": seconds, "cpu_s": cpu_seconds, "steps_per_generation": group, "phases": None, "tokens": None, "rollout_tok_s": None, "is_weight": None,
                "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "rollout_engine": None,
                "decode_passes": None, "decode_bytes": None,
                "engine": {"start_s": start_s, "memory_mb": None, "sync_s": None, "dtype": None} if use_vllm else None,
@@ -209,7 +217,8 @@ def serve(method: str, args: argparse.Namespace) -> None:
     """Worker main loop: load and warm up, say 'ready', then one step per line read from stdin."""
     out = os.fdopen(os.dup(1), "w")  # the protocol's own channel: libraries' prints go to stderr
     os.dup2(2, 1)
-    steps = trl_steps(args, use_vllm=method == "trl-vllm") if method.startswith("trl") else sdft_kit_steps(method, args)
+    steps = (trl_steps(args, use_vllm=method == "trl-vllm", group=4 if method == "trl-reuse4" else 1)
+             if method.startswith("trl") else sdft_kit_steps(method, args))
     next(steps)
     out.write("ready\n")
     out.flush()
@@ -323,8 +332,8 @@ def compared(a: str, b: str) -> bool:
     if b.endswith("(baseline)"):
         return a == b.removesuffix(" (baseline)")
     if a.startswith("sdft"):
-        return b in ("sft", "trl", "trl-vllm") or (b == "sdft-hf" and a != "sdft-hf")
-    return (a, b) == ("trl-vllm", "trl")
+        return b in ("sft", "trl", "trl-vllm", "trl-reuse4") or (b == "sdft-hf" and a != "sdft-hf")
+    return (a, b) in (("trl-vllm", "trl"), ("trl-reuse4", "trl"), ("trl-reuse4", "sft"))
 
 
 def spread(values: list[float]) -> dict:
@@ -517,7 +526,7 @@ def add_bounds(steps: dict[str, list[dict]], rates: list[dict]) -> None:
                     continue
                 s["bound_s"] = step_bound(
                     s, rate["bytes_per_s"],
-                    passes=min((x["decode_passes"] for x in sdft), default=None),
+                    passes=min((x["decode_passes"] for x in sdft), default=0) / s.get("steps_per_generation", 1),
                     weight_bytes=max((x["decode_bytes"] for x in sdft), default=None),  # fp32: the student's
                     passes_s=min((x["phases"]["student"] + x["phases"]["teacher"] for x in sdft), default=None))
                 s["step_over_bound"] = s["s"] / s["bound_s"]

@@ -31,3 +31,13 @@ def test_methods_without_phases_borrow_the_rounds_fastest_sdft_figures():
     assert steps["trl"][0]["bound_s"] == pytest.approx(4.4 + 62 * 540e6 / 20e9)
     assert steps["trl"][1]["bound_s"] == pytest.approx(4.6 + 60 * 270e6 / 10e9)  # only sdft ran in round 1
     assert [(a["round"], b["round"]) for a, b in paired(steps["trl"], steps["sdft-hf"])] == [(0, 0)]
+
+
+def test_reused_rollouts_share_a_rollouts_bound_and_do_not_lower_anothers():
+    reused = {**step(0, 5.0, 2.9, 1.5, 16, 270e6), "steps_per_generation": 4}  # 64 passes shared by 4 steps
+    steps = {"sdft": [step(0, 8.0, 2.9, 1.5, 64, 270e6)], "sdft-reuse4": [reused],
+             "trl": [step(0, 11.0)], "trl-reuse4": [{**step(0, 7.0), "steps_per_generation": 4}]}
+    add_bounds(steps, [{"bytes_per_s": 20e9}])
+    assert steps["sdft-reuse4"][0]["bound_s"] == pytest.approx(4.4 + 16 * 270e6 / 20e9)
+    assert steps["trl"][0]["bound_s"] == pytest.approx(4.4 + 64 * 270e6 / 20e9)  # not the reused 16 passes
+    assert steps["trl-reuse4"][0]["bound_s"] == pytest.approx(4.4 + 16 * 270e6 / 20e9)
