@@ -183,12 +183,13 @@ def trl_steps(args: argparse.Namespace, use_vllm: bool = False, group: int = 1):
         learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.1, max_grad_norm=1.0,
         weight_decay=0.0, temperature=1.0, top_p=1.0, teacher_model_kind=args.teacher,
         distillation_alpha=0.0, distillation_mode="topk_logits" if args.vocab == "topk" else "full_logits",
-        distillation_topk=args.topk, distillation_add_tail=True, distillation_is_clip=None,
+        distillation_topk=args.topk, distillation_add_tail=True,
+        distillation_is_clip=2.0 if group > 1 else None,  # TRL's correction of reused rollouts; off without reuse
         num_loss_tokens_to_skip=3,
         teacher_prompt_template=PAPER_TEMPLATE.replace("{demonstration}", "{privileged_context}"),
         bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no",
         logging_steps=1, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": getattr(torch, args.dtype)}, **vllm,
-        **(dict(steps_per_generation=group, distillation_is_clip=2.0) if group > 1 else {}),
+        **(dict(steps_per_generation=group) if group > 1 else {}),
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     start = time.perf_counter()
