@@ -35,26 +35,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    from sdft_kit import SAMPLE_DATA, add_lora, load_examples, load_model
+    from perturbed_student import perturbed_student
+    from sdft_kit import SAMPLE_DATA, load_examples
     from sdft_kit.batch import completion_logits
     from sdft_kit.config import LossConfig, RolloutConfig, TeacherConfig
     from sdft_kit.demos import student_prompt, teacher_prompt
     from sdft_kit.losses import kl_terms, log_probs, topk_support
-    from sdft_kit.models import lora_parameters
     from sdft_kit.rollout import rollout
     from sdft_kit.scoring import score_teacher
     from sdft_kit.teachers import make_teacher
     from sdft_kit.update import distill_loss, loss_mask
 
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    base, tokenizer = load_model("embedded")
-    model = add_lora(base, seed=args.seed)
-    lora = list(lora_parameters(model).values())
-    with torch.no_grad():
-        for p in lora:
-            p.add_(torch.randn_like(p) * args.perturb)
-    model.eval()
+    model, tokenizer, lora = perturbed_student(args.seed, args.perturb)
     examples = load_examples(SAMPLE_DATA)[:4]
     batch = rollout(model, tokenizer, [student_prompt(tokenizer, ex) for ex in examples for _ in range(2)],
                     RolloutConfig(max_new_tokens=args.max_new_tokens))
