@@ -11,20 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sdft_kit.data import DataError, load_examples
+from test_data_formats import error_of  # one line naming file, record and field
+
+from sdft_kit.data import load_examples
 
 FILES = Path(__file__).resolve().parent / "data_files"
 RECORDS = [{"prompt": "Q1?", "demonstration": "A1."}, {"prompt": "Q2?", "demonstration": "A2."}]
-
-
-def error_of(source, *parts: str, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        load_examples(source, **kwargs)
-    message = str(info.value)
-    for part in parts:
-        assert part in message, f"{part!r} not in {message!r}"
-    assert "\n" not in message
-    return message
 
 
 def test_json_file_holding_an_array_or_json_lines(tmp_path: Path) -> None:
